@@ -1,0 +1,52 @@
+"""Counting and summary statistics: FLOPs (torch.utils.flop_counter), parameters, accuracy, confusions."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+FLOPS_CONVENTION = "FLOPs count 2 per multiply-add (torch.utils.flop_counter)"
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32)) -> int:
+    """Forward FLOPs of one pass at `input_shape` (2 per multiply-add, as torch.utils.flop_counter counts)."""
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters(), None)
+    x = torch.zeros(*input_shape, device=param.device if param is not None else "cpu")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy as a fraction."""
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
+    """Counts C[true, predicted]."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def confusion_frame(labels, predictions, class_names: Sequence[str], normalize: bool = True) -> pd.DataFrame:
+    """Confusion matrix as a DataFrame (rows true, columns predicted), row-normalised by default."""
+    cm = confusion_matrix(labels, predictions, len(class_names)).astype(float)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    return pd.DataFrame(cm, index=pd.Index(class_names, name="true"), columns=pd.Index(class_names, name="predicted"))

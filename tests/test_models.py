@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from netanatomy import models
+from netanatomy.errors import DataError, ParamError
+
+
+def test_cifar_resnet20_layout_matches_published_keys():
+    m = models.build("resnet20", 10)
+    keys = set(m.state_dict())
+    assert "conv1.weight" in keys and "linear.weight" in keys and "layer3.2.bn2.running_mean" in keys
+    assert sum(p.numel() for p in m.parameters()) == 269722  # the 0.27M of He et al. (akamaster layout)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["small_vgg", "small_resnet"])
+def test_small_nets_forward_and_presets(name):
+    m = models.build(name, 7, width_mult=0.5)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    assert models.resolve_layers(m, name, "nad")
+
+
+def test_load_weights_with_and_without_module_prefix(tmp_path):
+    src = models.build("resnet20", 10)
+    state = src.state_dict()
+    for i, obj in enumerate([state, {"state_dict": {f"module.{k}": v for k, v in state.items()}, "best_prec1": 1.0}]):
+        path = tmp_path / f"w{i}.th"
+        torch.save(obj, path)
+        dst = models.build("resnet20", 10)
+        models.load_weights(dst, path)
+        for k, v in state.items():
+            assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_load_weights_mismatch_lists_keys(tmp_path):
+    state = models.build("resnet20", 10).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["linear.bias"]
+    with pytest.raises(DataError) as err:
+        models.load_weights(models.build("resnet20", 10), state)
+    assert "linear.bias" in str(err.value) and "extra.weight" in str(err.value)
+    with pytest.raises(DataError, match="shape"):
+        models.load_weights(models.build("resnet20", 100), models.build("resnet20", 10).state_dict())
+    with pytest.raises(DataError, match="not found"):
+        models.load_weights(models.build("resnet20", 10), tmp_path / "missing.th")
+
+
+def test_unknown_model_and_layer_errors():
+    with pytest.raises(ParamError, match="unknown model 'resnet1000'.*small_vgg"):
+        models.build("resnet1000", 10)
+    m = models.build("small_vgg", 10)
+    with pytest.raises(ParamError, match="no layer named 'features.conv9'.*features.conv1"):
+        models.resolve_layers(m, "small_vgg", ["features.conv9"])
+
+
+def test_torchvision_presets_exist_in_models():
+    for name, count in (("vgg16", 13), ("resnet50", 17), ("densenet121", 8)):
+        m = models.build(name, 5)
+        assert len(models.resolve_layers(m, name, "nad")) == count
+
+
+def test_head_swap_and_pooled_features():
+    m = models.build("resnet20", 10).eval()
+    name, lin = models.head(m)
+    assert name == "linear" and lin.out_features == 10
+    x = torch.randn(3, 3, 32, 32)
+    f, logits = models.pooled_features(m, x)
+    assert f.shape == (3, 64)
+    torch.testing.assert_close(lin(f), logits)
+    models.set_head(m, torch.nn.Linear(64, 4))
+    assert m(x).shape == (3, 4)
