@@ -50,3 +50,19 @@ def confusion_frame(labels, predictions, class_names: Sequence[str], normalize: 
     if normalize:
         cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     return pd.DataFrame(cm, index=pd.Index(class_names, name="true"), columns=pd.Index(class_names, name="predicted"))
+
+
+def class_counts(labels_by_split: dict[str, Sequence[int]], class_names: Sequence[str]) -> pd.DataFrame:
+    """Images per class (rows) and split (columns)."""
+    return pd.DataFrame({split: np.bincount(np.asarray(labels), minlength=len(class_names))
+                         for split, labels in labels_by_split.items()},
+                        index=pd.Index(class_names, name="class"))
+
+
+def within_pair_error_share(cm: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> float:
+    """Share of off-diagonal confusion mass (row-normalised matrix) that falls within the given class pairs."""
+    m = cm.to_numpy(dtype=float).copy()
+    np.fill_diagonal(m, 0.0)
+    pos = {name: i for i, name in enumerate(cm.index)}
+    within = sum(m[pos[a], pos[b]] + m[pos[b], pos[a]] for a, b in pairs)
+    return float(within / m.sum()) if m.sum() > 0 else float("nan")

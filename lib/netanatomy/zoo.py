@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 import pandas as pd
 import torch
@@ -122,3 +125,26 @@ def subject(model: str = "small_vgg", dataset: str = "concept_world", data_root:
     if val_acc is None:
         net = models.build(model, len(classes), weights=weights).eval().to(pick_device(device))
     return Subject(model, net, train_ds, val_ds, classes, input_sizes.get(dataset, 224), dataset, val_acc)
+
+
+def report(names: Sequence[str], scale: str = "default", device: str = "auto", progress: bool = True):
+    """Accuracy table of the zoo models at `scale` and their validation confusion matrices (row-normalised)."""
+    from .stats import confusion_frame
+    from .train import predict
+
+    world = world_for(scale)
+    val_ds = data.get_dataset("concept_world", split="val", world=world)
+    rows, confusions = [], {}
+    for name in names:
+        entry = trained(name, world, SCALES[scale][1], device=device, progress=progress)
+        logits, labels = predict(entry.model, val_ds, device=device)
+        pred = logits.argmax(1)
+        confusions[name] = confusion_frame(labels.numpy(), pred.numpy(), val_ds.classes)
+        cm = confusions[name].to_numpy()
+        true_i, pred_j = np.unravel_index((cm - np.diag(np.diag(cm))).argmax(), cm.shape)
+        rows.append({"model": name, "val_acc": float((pred == labels).float().mean()),
+                     "train_acc_last_epoch": float(entry.history["train_acc"].iloc[-1]),
+                     "epochs": int(entry.history["epoch"].iloc[-1]),
+                     "params": sum(p.numel() for p in entry.model.parameters()),
+                     "top_confusion": f"{val_ds.classes[true_i]} -> {val_ds.classes[pred_j]} ({cm[true_i, pred_j]:.2f})"})
+    return pd.DataFrame(rows), confusions
