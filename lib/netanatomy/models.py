@@ -209,7 +209,8 @@ def build(name: str, num_classes: int, width_mult: float = 1.0, weights: str | P
     return model
 
 
-def _extract_state_dict(obj) -> Mapping[str, torch.Tensor]:
+def extract_state_dict(obj) -> Mapping[str, torch.Tensor]:
+    """The state dict inside a checkpoint object (a module, a raw state dict, or a dict holding one)."""
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, Mapping):
@@ -233,22 +234,27 @@ def read_checkpoint(path: str | Path, trusted: bool = False):
 
 
 def load_weights(model: nn.Module, source, strict: bool = True, trusted: bool = False,
-                 rename: Mapping[str, str] | None = None) -> nn.Module:
+                 rename: Mapping[str, str] | None = None, where: str | None = None) -> nn.Module:
     """Load a checkpoint (path, raw state dict, or dict holding one under state_dict/model_state_dict).
 
     Strips `module.` prefixes (DataParallel/DDP), renames key prefixes by `rename` (old -> new), and
-    on any mismatch raises DataError listing missing keys, unexpected keys and shape conflicts.
+    on any mismatch raises DataError (naming `where`, default the path) listing missing keys, unexpected keys and shape conflicts.
+    BatchNorm `num_batches_tracked` buffers that old checkpoints lack are set to 0 (they do not
+    affect evaluation; torch's own loader accepts such files too).
     """
-    where = str(source) if isinstance(source, (str, Path)) else "state dict"
+    where = where or (str(source) if isinstance(source, (str, Path)) else "state dict")
     obj = read_checkpoint(source, trusted) if isinstance(source, (str, Path)) else source
     state = {}
-    for key, value in _extract_state_dict(obj).items():
+    for key, value in extract_state_dict(obj).items():
         key = key[len("module."):] if key.startswith("module.") else key
         for old, new in (rename or {}).items():
             if key.startswith(old):
                 key = new + key[len(old):]
         state[key] = value
     own = model.state_dict()
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

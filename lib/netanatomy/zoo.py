@@ -16,7 +16,7 @@ from . import data, models
 from .errors import ParamError
 from .runtime import atomic_save, cache_dir, cache_key, pick_device
 from .train import TrainConfig, evaluate, fit
-from .world import WorldConfig
+from .world import WorldConfig, fingerprint as world_fingerprint
 
 # The default recipe for the small concept-world nets (documented accuracy in README).
 DEFAULT_RECIPE = TrainConfig(epochs=6, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-4,
@@ -47,18 +47,17 @@ def trained(name: str = "small_vgg", world: WorldConfig | None = None, recipe: T
     world = world or WorldConfig()
     recipe = dataclasses.replace(recipe or DEFAULT_RECIPE, device=device, progress=progress)
     key_recipe = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "progress", "num_workers")}
-    key = cache_key(name=name, width_mult=width_mult, world=dataclasses.asdict(world), recipe=key_recipe)
+    key = cache_key(name=name, width_mult=width_mult, world=world_fingerprint(world), recipe=key_recipe)
     folder = cache_dir("zoo", f"{name}-{key}")
     final = folder / "model.pt"
-    model = models.build(name, len(data.get_dataset("concept_world", split="val", world=world).classes),
-                         width_mult=width_mult)
+    val_ds = data.get_dataset("concept_world", split="val", world=world, progress=progress)
+    model = models.build(name, len(val_ds.classes), width_mult=width_mult)
     if final.exists():
         saved = torch.load(final, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         history = pd.DataFrame(saved["history"])
     else:
-        train_ds = data.get_dataset("concept_world", split="train", train_aug=True, world=world)
-        val_ds = data.get_dataset("concept_world", split="val", world=world)
+        train_ds = data.get_dataset("concept_world", split="train", train_aug=True, world=world, progress=progress)
         history = fit(model, train_ds, val_ds, recipe, out_dir=folder)
         model.cpu()
         atomic_save({"model": model.state_dict(), "history": history.to_dict("records"), "name": name,
@@ -119,8 +118,8 @@ def subject(model: str = "small_vgg", dataset: str = "concept_world", data_root:
         net, val_acc = entry.model, entry.val_acc
     else:
         val_acc = None
-    train_ds = data.get_dataset(dataset, data_root, split="train", train_aug=train_aug, world=world)
-    val_ds = data.get_dataset(dataset, data_root, split="val", world=world)
+    train_ds = data.get_dataset(dataset, data_root, split="train", train_aug=train_aug, world=world, progress=progress)
+    val_ds = data.get_dataset(dataset, data_root, split="val", world=world, progress=progress)
     classes = list(val_ds.classes)
     if val_acc is None:
         net = models.build(model, len(classes), weights=weights).eval().to(pick_device(device))
@@ -133,7 +132,7 @@ def report(names: Sequence[str], scale: str = "default", device: str = "auto", p
     from .train import predict
 
     world = world_for(scale)
-    val_ds = data.get_dataset("concept_world", split="val", world=world)
+    val_ds = data.get_dataset("concept_world", split="val", world=world, progress=progress)
     rows, confusions = [], {}
     for name in names:
         entry = trained(name, world, SCALES[scale][1], device=device, progress=progress)
