@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from .errors import DataError, ParamError
 from .runtime import atomic_write_json, cache_dir, cache_key
+from .world import fingerprint as world_fingerprint
 
 #: Broden's category order (the order of the columns of index.csv and of tally.csv).
 BRODEN_CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -112,7 +113,7 @@ def _world_labels() -> dict[str, list[tuple[int, str]]]:
 
 
 def _world_key(world_cfg, split: str) -> str:
-    return cache_key(broden_version=BRODEN_VERSION, world=dataclasses.asdict(world_cfg), split=split,
+    return cache_key(broden_version=BRODEN_VERSION, world=world_fingerprint(world_cfg), split=split,
                      layout={k: list(v) for k, v in WORLD_LAYOUT.items()})
 
 
