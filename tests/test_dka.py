@@ -1,0 +1,287 @@
+"""Dynamic-K activation: the routed head's exact invariants, model surgery, checkpoints, training, explanations."""
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from netanatomy import dka, models
+from netanatomy.errors import DataError, ParamError
+
+
+def _layer(D=16, C=7, k=3, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    return dka.TopKRouteLinear(D, C, k, **kw).to(dtype)
+
+
+def test_k_equals_d_is_nn_linear():
+    D, C = 24, 9
+    lin = nn.Linear(D, C).double()
+    layer = dka.TopKRouteLinear.from_linear(lin, D)
+    x = torch.randn(11, D, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    a, b = layer(x), lin(x2)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(layer.weight.grad, lin.weight.grad)
+    torch.testing.assert_close(layer.bias.grad, lin.bias.grad)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_logit_is_sum_of_exactly_k_largest_votes(k):
+    layer = _layer(k=k)
+    x = torch.randn(5, 16, dtype=torch.float64)
+    out = layer(x)
+    votes = (x[:, None, :] * layer.weight[None]).detach()
+    for b in range(5):
+        for c in range(7):
+            srt = sorted(votes[b, c].tolist(), reverse=True)
+            assert out[b, c].item() == pytest.approx(sum(srt[:k]) + layer.bias[c].item(), abs=1e-12)
+            # not the sum of k - 1 or k + 1 votes (generic data: the (k+1)-th vote is non-zero)
+            assert abs(out[b, c].item() - (sum(srt[:k + 1]) + layer.bias[c].item())) > 1e-9
+    vals, idx = layer.route(x)
+    assert vals.shape == idx.shape == (5, 7, k)
+    torch.testing.assert_close(vals.sum(2) + layer.bias, out.detach())
+    assert (vals[:, :, :-1] >= vals[:, :, 1:]).all()
+
+
+def test_gradient_reaches_at_most_k_inputs_per_sample_and_class():
+    k = 3
+    layer = _layer(k=k)
+    x = torch.randn(4, 16, dtype=torch.float64, requires_grad=True)
+    _, idx = layer.route(x.detach())
+    for b in range(4):
+        for c in range(7):
+            gx, gw = torch.autograd.grad(layer(x)[b, c], (x, layer.weight))
+            nz = gx[b].nonzero().flatten()
+            assert len(nz) <= k and gx[torch.arange(4) != b].abs().sum() == 0
+            assert set(nz.tolist()) <= set(idx[b, c].tolist())
+            assert (gw[c] != 0).sum() <= k and gw[torch.arange(7) != c].abs().sum() == 0
+
+
+def test_gradcheck_float64_away_from_ties():
+    layer = _layer(D=12, C=5, k=4)
+    x = torch.randn(6, 12, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, w, b: dka._TopKRoute.apply(a, w, b, 4, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, layer.weight, layer.bias), eps=1e-6, atol=1e-7)
+
+
+def test_matches_upstream_formula_and_gradients():
+    layer = _layer(D=32, C=10, k=5, dtype=torch.float32)
+    x = torch.rand(8, 32, requires_grad=True)          # post-ReLU features
+    x2 = x.detach().clone().requires_grad_(True)
+    a = layer(x)
+    b = dka.reference_topk_linear(x2, layer.weight, layer.bias, 5)
+    torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(a.sum(), (x, layer.weight, layer.bias))
+    gb = torch.autograd.grad(b.sum(), (x2, layer.weight, layer.bias))
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v)
+
+
+def test_permuting_features_changes_nothing_and_batch_order_is_kept():
+    layer = _layer(k=4)
+    x = torch.randn(6, 16, dtype=torch.float64)
+    out = layer(x)
+    perm = torch.randperm(16)
+    permuted = dka.TopKRouteLinear(16, 7, 4).double()
+    with torch.no_grad():
+        permuted.weight.copy_(layer.weight[:, perm])
+        permuted.bias.copy_(layer.bias)
+    torch.testing.assert_close(permuted(x[:, perm]), out, rtol=1e-12, atol=1e-12)
+    rows = torch.randperm(6)
+    torch.testing.assert_close(layer(x[rows]), out[rows], rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_equals_unchunked():
+    x = torch.randn(9, 16, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for chunk in (1, 3, None):
+        layer = _layer(k=5, chunk_classes=chunk)
+        assert layer.chunk(9) == (chunk or 7)
+        out = layer(x)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), (x, layer.weight, layer.bias)))
+    for o, g in zip(outs[:-1], grads[:-1]):
+        torch.testing.assert_close(o, outs[-1], rtol=1e-12, atol=1e-12)
+        for u, v in zip(g, grads[-1]):
+            torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    small = _layer(k=5, max_votes=2 * 16 * 9)   # memory budget of two classes per chunk
+    assert small.chunk(9) == 2
+    torch.testing.assert_close(small(x), outs[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_k_out_of_range_is_one_clear_error():
+    for k in (0, 17, -1, 2.5):
+        with pytest.raises(ParamError, match="'k'.*between 1 and D = 16"):
+            dka.TopKRouteLinear(16, 3, k)
+    with pytest.raises(ParamError, match="'k'"):
+        dka.to_dka(models.build("small_vgg", 3, width_mult=0.25), 33)
+    with pytest.raises(ParamError, match="'k'.*D = 128"):
+        dka.Config(k=0, k_sweep=[])
+    with pytest.raises(ParamError, match="'k_sweep'.*D = 128"):
+        dka.Config(k_sweep=[1, 500])
+
+
+def test_missing_broden_root_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="not a Broden folder.*broden_root"):
+        dka.Config(broden_root=str(tmp_path / "nope"), k_sweep=[])
+    with pytest.raises(ParamError, match="broden_root"):
+        dka.Config(dataset="places365", model="resnet18", data_root=str(tmp_path), k_sweep=[])
+
+
+@pytest.mark.parametrize("name,head", [("small_vgg", "fc"), ("small_resnet", "fc"), ("resnet20", "linear"),
+                                       ("resnet18", "fc")])
+def test_builder_swaps_the_head_of_any_model(name, head):
+    torch.manual_seed(0)
+    dense = models.build(name, 6).eval()
+    routed = dka.to_dka(models.build(name, 6), 5)
+    routed.load_state_dict(dense.state_dict())            # same parameter names as nn.Linear
+    hname, module = models.head(routed)
+    assert hname == head and isinstance(module, dka.TopKRouteLinear) and dka.head_k(routed) == 5
+    size = 64 if name == "resnet18" else 32
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        full = dka.to_dka(models.build(name, 6), module.in_features)
+        full.load_state_dict(dense.state_dict())
+        torch.testing.assert_close(full.eval()(x), dense(x), rtol=1e-4, atol=1e-4)   # K = D is the dense net
+        feats, _ = models.pooled_features(routed.eval(), x)
+        torch.testing.assert_close(routed(x), dka.reference_topk_linear(feats, module.weight, module.bias, 5))
+
+
+def test_load_upstream_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    src = dka.build("resnet20", 10, k=3).eval()
+    state = {("module.rfc." + k[len("linear."):]) if k.startswith("linear.") else "module." + k: v
+             for k, v in src.state_dict().items()}
+    path = tmp_path / "resnet20_fc_ma_t3.pth"
+    torch.save({"epoch": 89, "best_prec1": 55.0, "state_dict": state}, path)
+    assert dka.k_from_mark(path.name) == 3 and dka.k_from_mark("t5") == 5
+    dst = dka.build("resnet20", 10, k=dka.k_from_mark(path.name), weights=path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))
+    with pytest.raises(DataError, match="upstream DKA checkpoint.*dense"):
+        dka.load_checkpoint(models.build("resnet20", 10), path)
+    with pytest.raises(DataError, match="shape"):
+        dka.load_checkpoint(dka.build("resnet20", 100, k=3), path)
+    bad = dict(state)
+    bad.pop("module.rfc.bias")
+    with pytest.raises(DataError, match="missing keys.*linear.bias"):
+        dka.load_checkpoint(dka.build("resnet20", 10, k=3), {"state_dict": bad})
+
+
+class _Planted(torch.utils.data.Dataset):
+    """Two classes: a bright square in the top-left or bottom-right corner of a 16 px noise image."""
+
+    classes = ["tl", "br"]
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 2
+        self.x = torch.randn(n, 3, 16, 16, generator=g) * 0.3
+        for i in range(n):
+            s = slice(0, 6) if self.y[i] == 0 else slice(10, 16)
+            self.x[i, :, s, s] += 2.0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def test_dense_and_dka_share_init_train_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    train, val = _Planted(256, 0), _Planted(64, 1)
+    setup = dka.Setup(model="small_vgg", width_mult=0.25, epochs=0, batch_size=32, lr=0.05)
+    d0 = dka.train_model(setup, None, train_ds=train, val_ds=val, progress=False, device="cpu")
+    k0 = dka.train_model(setup, 2, train_ds=train, val_ds=val, progress=False, device="cpu")
+    for (n, a), b in zip(d0.model.state_dict().items(), k0.model.state_dict().values()):
+        assert torch.equal(a, b), n                      # same trunk and head initialisation
+    setup = dka.Setup(model="small_vgg", width_mult=0.25, epochs=4, batch_size=32, lr=0.05)
+    run = dka.train_model(setup, 2, train_ds=train, val_ds=val, progress=False, device="cpu")
+    assert run.status == "ok" and run.val_acc >= 0.9 and len(run.history) == 4
+    again = dka.train_model(setup, 2, train_ds=train, val_ds=val, progress=False, device="cpu")
+    for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)                         # loaded from the cache
+    assert dka.head_k(again.model) == 2
+    # explanation identities: dense logit = sum of all contributions + bias; DKA logit = top-K sum + bias
+    for t in (d0, run):
+        res = dka.unit_contributions(t.model, "features.conv6", val, progress=False, device="cpu")
+        bias = models.head(t.model)[1].bias.detach()[res["target"]]
+        kept = res["contrib"] if t.k is None else res["contrib"].topk(t.k, 1).values
+        torch.testing.assert_close(kept.sum(1) + bias, res["logit"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ParamError, match="'layer'.*global average pool"):
+        dka.unit_contributions(run.model, "features.conv4", val, progress=False, device="cpu")
+
+
+def test_divergence_guard_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    train, val = _Planted(64, 0), _Planted(32, 1)
+    setup = dka.Setup(model="small_vgg", width_mult=0.25, epochs=1, batch_size=32, max_loss=1e-3)
+    t = dka.train_model(setup, 1, train_ds=train, val_ds=val, progress=False, device="cpu")
+    assert t.status == "diverged" and "max_loss" in t.message and np.isnan(t.val_acc)
+    assert dka.train_model(setup, 1, train_ds=train, val_ds=val, progress=False, device="cpu").status == "diverged"
+
+
+def test_concentration_and_explanation_page():
+    c = torch.tensor([[4.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [2.0, -2.0, 0.0, 0.0]])
+    torch.testing.assert_close(dka.concentration(c, 1), torch.tensor([1.0, 0.25, 0.5]))
+    torch.testing.assert_close(dka.concentration(c, 2), torch.tensor([1.0, 0.5, 0.5]))
+    curve = dka.concentration_curve(c, 4)     # a negative contribution lowers the cumulative share
+    np.testing.assert_allclose(curve["share"], [1.75 / 3, 2 / 3, 2.25 / 3, 2 / 3], rtol=1e-6)
+    torch.manual_seed(0)
+    model = dka.to_dka(models.build("small_vgg", 2, width_mult=0.25), 3).eval()
+    val = _Planted(8, 2)
+    labels = pd.DataFrame({"label": ["tl-s"] * 32, "category": ["scene"] * 32, "iou": np.linspace(0, 0.1, 32)})
+    ex = dka.explain(model, "features.conv6", val, [0, 3], labels, top=5, device="cpu")
+    assert len(ex) == 2 and all(len(e["units"]) == 5 for e in ex)
+    shares = [u["share"] for u in ex[0]["units"]]
+    assert shares == sorted(shares, reverse=True)
+    page = dka.explain_page(ex, "test")
+    assert page.count("unit ") >= 10 and "data:image/png;base64" in page and "tl-s" in page
+
+
+def test_dissection_tables_side_by_side():
+    def fake(scene, obj):
+        tally = pd.DataFrame({"unit": [1, 2, 3], "category": ["scene", "object", "color"],
+                              "label": ["beach-s", "disk", "red-c"], "score": [scene, obj, 0.01]})
+        n = int(scene >= 0.04) + int(obj >= 0.04)
+        return types.SimpleNamespace(tally=tally, summary=lambda: {
+            "units": 3, "interpretable": n, "unique_concepts": n,
+            "per_category": {"scene": int(scene >= 0.04), "object": int(obj >= 0.04)}})
+    d = {"dense": fake(0.02, 0.05), "DKA K=5": fake(0.3, 0.06)}
+    table = dka.dissection_table(d)
+    assert list(table["model"])[:2] == ["dense", "DKA K=5"] and table["interpretable"].tolist()[:2] == [1, 2]
+    pub = table.iloc[-1]
+    assert pub["interpretable"] == 441 and pub["unique_concepts"] == 230 and "published" in pub["source"]
+    frame = dka.detectors_frame(d, 0.04)
+    assert frame.set_index(["model", "category"])["detectors"].to_dict() == {
+        ("dense", "object"): 1, ("DKA K=5", "scene"): 1, ("DKA K=5", "object"): 1}
+
+
+@pytest.mark.parametrize("name", ["dka.yaml", "dka.smoke.yaml", "dka.places365.yaml", "dka.places365_released.yaml"])
+def test_parameter_sets_make_valid_configs(name, tmp_path):
+    import yaml
+    from pathlib import Path
+    values = yaml.safe_load((Path(__file__).resolve().parents[1] / "params" / name).read_text())
+    for key in ("data_root", "broden_root", "weights", "dense_weights"):
+        if values.get(key):                     # real-data paths: stand-ins that exist
+            path = tmp_path / key
+            if key == "broden_root":
+                path.mkdir()
+                (path / "index.csv").write_text("image,split,ih,iw,sh,sw\n")
+            else:
+                path.write_text("") if key != "data_root" else path.mkdir()
+            values[key] = str(path)
+    cfg = dka.Config(**values)
+    assert 1 <= cfg.k <= cfg.D and all(k is None or 1 <= k <= cfg.D for k in cfg.k_sweep)
+    if "places365" in name:
+        assert (cfg.model, cfg.D, cfg.layer, cfg.k) == ("resnet18", 512, "layer4", 5)
