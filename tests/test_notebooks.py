@@ -12,14 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [n for n in reproduce.NOTEBOOKS if (ROOT / "notebooks" / f"{n}.ipynb").exists()]
 
 
-def _notebook_of(param_file: Path) -> str:
-    """params/<nb>[.<set>].yaml belongs to <nb>; other files name theirs in a '# notebook: <nb>' first line."""
-    first = param_file.read_text().splitlines()[0] if param_file.read_text() else ""
-    if first.startswith("# notebook:"):
-        return first.split(":", 1)[1].strip()
-    return param_file.name.split(".")[0]
-
-
 def test_every_runner_notebook_exists():
     assert NOTEBOOKS == list(reproduce.NOTEBOOKS)
 
@@ -35,7 +27,7 @@ def test_notebook_is_committed_clean_with_parameters_cell(name):
 
 @pytest.mark.parametrize("param_file", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_parameter_files_use_declared_names(param_file):
-    notebook = _notebook_of(param_file)
+    notebook = reproduce.notebook_of(param_file)
     assert notebook in NOTEBOOKS, f"{param_file.name}: no notebook {notebook!r}"
     params.check_names(ROOT / "notebooks" / f"{notebook}.ipynb", yaml.safe_load(param_file.read_text()) or {})
 

@@ -36,3 +36,17 @@ def test_runner_rejects_unknown_parameter_before_running(tmp_path):
     (outcome,) = reproduce.run(["nb"], "smoke", out, nbs, prm)
     assert outcome.status == "failed" and "'typo'" in outcome.error and not (out / "nb.ipynb").exists()
     assert reproduce.main(["--only", "missing_nb", "--out", str(out)]) == 1
+
+
+def test_named_parameter_set_is_found_by_its_notebook_line(tmp_path):
+    prm = tmp_path / "params"
+    prm.mkdir()
+    (prm / "nb.yaml").write_text("x: 1\n")
+    (prm / "realdata.yaml").write_text("# notebook: nb\nx: 2\n")
+    (prm / "other.realdata.yaml").write_text("x: 3\n")
+    assert reproduce.notebook_of(prm / "realdata.yaml") == "nb"
+    assert reproduce.notebook_of(prm / "other.realdata.yaml") == "other"
+    assert reproduce.params_file("nb", "default", prm) == prm / "nb.yaml"
+    assert reproduce.params_file("nb", "realdata", prm) == prm / "realdata.yaml"
+    assert reproduce.params_file("other", "realdata", prm) == prm / "other.realdata.yaml"
+    assert reproduce.params_file("third", "realdata", prm) == prm / "third.realdata.yaml"  # not named: not taken

@@ -656,7 +656,7 @@ def head_size_table(num_classes: int, num_features: int, ns: Sequence[int]) -> p
 # ============================================================================ the notebook's run
 @dataclasses.dataclass
 class DecompositionConfig:
-    """Checked parameters of the decomposition notebook (see docs/decomposition.md)."""
+    """Checked parameters of the decomposition notebook (see the README, "Decomposing the Deep")."""
 
     model: str = "small_resnet"
     weights: str | None = None

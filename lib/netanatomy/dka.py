@@ -567,7 +567,7 @@ DENSE_NAMES = ("D", "dense")
 
 @dataclasses.dataclass
 class Config:
-    """The DKA notebook's parameters, checked. See docs/dka.md for each."""
+    """The DKA notebook's parameters, checked. Each is described in the README, "Dynamic-K activation"."""
 
     model: str = "small_vgg"
     dataset: str = "concept_world"

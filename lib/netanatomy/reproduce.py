@@ -43,9 +43,20 @@ class Outcome:
     failing_cell: int | None = None
 
 
+def notebook_of(param_file: Path) -> str:
+    """The notebook a parameter file is for: a '# notebook: <nb>' first line, else its name's first part."""
+    lines = Path(param_file).read_text().splitlines()
+    if lines and lines[0].startswith("# notebook:"):
+        return lines[0].split(":", 1)[1].strip()
+    return Path(param_file).name.split(".")[0]
+
+
 def params_file(notebook: str, set_name: str, params_dir: Path) -> Path:
-    """params/<nb>.yaml for the default set, params/<nb>.<set>.yaml otherwise."""
-    return params_dir / (f"{notebook}.yaml" if set_name == "default" else f"{notebook}.{set_name}.yaml")
+    """params/<nb>.yaml for the default set, else params/<nb>.<set>.yaml, else params/<set>.yaml if it names <nb>."""
+    if set_name == "default":
+        return params_dir / f"{notebook}.yaml"
+    own, named = params_dir / f"{notebook}.{set_name}.yaml", params_dir / f"{set_name}.yaml"
+    return named if not own.exists() and named.exists() and notebook_of(named) == notebook else own
 
 
 def run_one(notebook: str, pfile: Path, out: Path, notebooks_dir: Path) -> Outcome:
@@ -117,7 +128,8 @@ def run(only: list[str] | None = None, set_name: str = "default", out: str | Pat
     root = repo_root()
     notebooks_dir = Path(notebooks_dir or root / "notebooks")
     params_dir = Path(params_dir or root / "params")
-    names = list(only) if only else [n for n in NOTEBOOKS if (notebooks_dir / f"{n}.ipynb").exists()]
+    names = list(only) if only else [n for n in NOTEBOOKS if (notebooks_dir / f"{n}.ipynb").exists()
+                                     and (set_name in ("default", "smoke") or params_file(n, set_name, params_dir).exists())]
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["NETANATOMY_REPORTS"] = str(out)

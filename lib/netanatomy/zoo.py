@@ -36,6 +36,16 @@ class ZooEntry:
     path: Path
 
 
+def _recipe_key(recipe: TrainConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "progress", "num_workers")}
+
+
+def cache_folder(name: str, world: WorldConfig, recipe: TrainConfig, width_mult: float = 1.0) -> Path:
+    """Where `trained` keeps a model: keyed by name, width, world (with renderer version) and recipe."""
+    key = cache_key(name=name, width_mult=width_mult, world=world_fingerprint(world), recipe=_recipe_key(recipe))
+    return cache_dir("zoo", f"{name}-{key}")
+
+
 def trained(name: str = "small_vgg", world: WorldConfig | None = None, recipe: TrainConfig | None = None,
             width_mult: float = 1.0, device: str = "auto", progress: bool = True) -> ZooEntry:
     """Model `name` trained on the concept world by `recipe`; loaded from the cache when present.
@@ -46,9 +56,8 @@ def trained(name: str = "small_vgg", world: WorldConfig | None = None, recipe: T
     """
     world = world or WorldConfig()
     recipe = dataclasses.replace(recipe or DEFAULT_RECIPE, device=device, progress=progress)
-    key_recipe = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "progress", "num_workers")}
-    key = cache_key(name=name, width_mult=width_mult, world=world_fingerprint(world), recipe=key_recipe)
-    folder = cache_dir("zoo", f"{name}-{key}")
+    key_recipe = _recipe_key(recipe)
+    folder = cache_folder(name, world, recipe, width_mult)
     final = folder / "model.pt"
     val_ds = data.get_dataset("concept_world", split="val", world=world, progress=progress)
     model = models.build(name, len(val_ds.classes), width_mult=width_mult)
