@@ -241,3 +241,36 @@ def test_run_end_to_end_and_cached(monkeypatch, tmp_path):
     assert pd_equal
     assert len(H.channel_table(exp)) == len(exp.widened_arch.convs)
     assert set(H.search_traces(exp)["score"]) == {"magnitude", "random"}
+
+
+def test_torchrun_two_processes_build_the_same_lwdna_as_one(tmp_path, monkeypatch):
+    """The CLI under torchrun (2 CPU processes, gloo) finds the same channel configuration as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    smoke = Path(__file__).resolve().parents[1] / "params" / "heterogeneity.smoke.yaml"
+    one_param = tmp_path / "one.yaml"
+    one_param.write_text(smoke.read_text().replace("score: [magnitude, gradient, random]", "score: [magnitude]"))
+    env = {**os.environ, "NETANATOMY_CACHE": str(tmp_path / "ddp"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "netanatomy.hetero", "-f", str(one_param)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "magnitude" in done.stdout and "hypothesis" in done.stdout
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "single"))
+    assert H.main(["-f", str(one_param)]) == 0
+    for kind in ("baseline-*", "lwdna-magnitude-*"):
+        (ddp,) = (tmp_path / "ddp" / "hetero").glob(f"{kind}/result.pt")
+        (single,) = (tmp_path / "single" / "hetero").glob(f"{kind}/result.pt")
+        assert ddp.parent.name == single.parent.name  # same configuration key
+        a, b = (torch.load(p, weights_only=False) for p in (ddp, single))
+        assert a["channels"] == b["channels"] and a["flops"] == b["flops"]
+
+
+def test_cli_rejects_unknown_parameter_names(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nwidth_multiplier: 2\n")
+    with pytest.raises(ParamError, match="'width_multiplier'.*known parameters"):
+        H.main(["-f", str(bad)])

@@ -38,3 +38,20 @@ def test_notebook_runs_headless_on_smoke_set(name, tmp_path):
     outcome = reproduce.run_one(name, reproduce.params_file(name, "smoke", ROOT / "params"), tmp_path, ROOT / "notebooks")
     assert outcome.status == "ok", f"{name} failed in cell {outcome.failing_cell}: {outcome.error}"
     assert (tmp_path / f"{name}.html").stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_decomposition_notebook_on_shared_real_data(tmp_path, monkeypatch):
+    """params/cifar10_resnet20.yaml: the whole notebook on ../shared/data, reproducing the published MI exactly."""
+    pfile = ROOT / "params" / "cifar10_resnet20.yaml"
+    shared = [v for v in yaml.safe_load(pfile.read_text()).values() if isinstance(v, str) and "shared/" in v]
+    missing = [p for p in shared if not (ROOT / p).exists()]
+    if missing:
+        pytest.skip(f"shared real-data files absent: {', '.join(missing)} (see ../shared/data/README.md)")
+    assert reproduce.params_file("decomposition", "cifar10_resnet20", ROOT / "params") == pfile
+    monkeypatch.setenv("NETANATOMY_REPORTS", str(tmp_path))  # the kernel writes its tables here
+    outcome = reproduce.run_one("decomposition", pfile, tmp_path, ROOT / "notebooks")
+    assert outcome.status == "ok", f"failed in cell {outcome.failing_cell}: {outcome.error}"
+    findings = " ".join(json.loads((tmp_path / "decomposition" / "findings.json").read_text())["findings"])
+    assert "CIFAR-10 test[0:1000]" in findings
+    assert "ours **0.034538** (upstream 0.034538) vs CSG **0.037509** (upstream 0.037509)" in findings

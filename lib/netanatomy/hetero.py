@@ -899,7 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("-f", "--params", required=True, help="a params/heterogeneity*.yaml file")
     args = ap.parse_args(argv)
-    p = yaml.safe_load(Path(args.params).read_text())
+    from .params import with_defaults
+
+    p = with_defaults("heterogeneity", yaml.safe_load(Path(args.params).read_text()) or {})
     modes = p.get("score", list(SCORES))
     train_ds, val_ds, classes, size = load_data(p.get("dataset", "concept_world"), p.get("data_root"),
                                                 p.get("scale", "default"), p.get("image_size", 32), p.get("progress", True))

@@ -23,6 +23,15 @@ def declared(notebook: str | Path) -> dict[str, dict]:
     return dict(papermill.inspect_notebook(str(path)))
 
 
+def with_defaults(notebook: str | Path, given: Mapping[str, Any]) -> dict[str, Any]:
+    """`given` (names checked) over the notebook's own parameter defaults: a notebook's run without the notebook."""
+    import ast
+
+    check_names(notebook, given)
+    defaults = {name: ast.literal_eval(spec["default"]) for name, spec in declared(notebook).items()}
+    return {**defaults, **given}
+
+
 def check_names(notebook: str | Path, given: Mapping[str, Any] | list[str]) -> None:
     """Raise ParamError for names not declared by the notebook (papermill itself only warns)."""
     known = declared(notebook)
