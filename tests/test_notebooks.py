@@ -55,3 +55,20 @@ def test_decomposition_notebook_on_shared_real_data(tmp_path, monkeypatch):
     findings = " ".join(json.loads((tmp_path / "decomposition" / "findings.json").read_text())["findings"])
     assert "CIFAR-10 test[0:1000]" in findings
     assert "ours **0.034538** (upstream 0.034538) vs CSG **0.037509** (upstream 0.037509)" in findings
+
+
+@pytest.mark.notebook
+def test_readme_papermill_example_runs(tmp_path):
+    """The README's `papermill notebooks/nad_findpath.ipynb out.ipynb -p beta 4.5`, on the smoke world."""
+    import os
+    import subprocess
+    import sys
+
+    papermill = Path(sys.executable).with_name("papermill")
+    env = {**os.environ, "NETANATOMY_REPORTS": str(tmp_path / "reports")}
+    done = subprocess.run([str(papermill), "notebooks/nad_findpath.ipynb", str(tmp_path / "out.ipynb"),
+                           "-f", "params/nad_findpath.smoke.yaml", "-p", "beta", "4.5"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    findings = json.loads((tmp_path / "reports" / "nad_findpath" / "findings.json").read_text())
+    assert findings["provenance"]["params"]["beta"] == 4.5

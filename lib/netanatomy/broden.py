@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import DataError, ParamError
-from .runtime import atomic_write_json, cache_dir, cache_key
+from .runtime import atomic_write_json, cache_dir, cache_key, resolve_path
 from .world import fingerprint as world_fingerprint
 
 #: Broden's category order (the order of the columns of index.csv and of tally.csv).
@@ -366,7 +366,7 @@ class BrodenDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, categories: Sequence[str] | None = None, split: str | None = None):
-        self.root = Path(root)
+        self.root = resolve_path(root)
         if not self.root.is_dir():
             raise DataError(self.root, "Broden folder not found",
                             expected="a folder holding index.csv, label.csv, category.csv and images/")
@@ -607,7 +607,7 @@ def collate(items):
 
 def open_broden(root: str | Path, categories: Sequence[str] | None = None, split: str | None = None) -> BrodenDataset:
     """`BrodenDataset(root, categories, split)`, with the parameter named `broden_root` in errors."""
-    root = Path(root) if root is not None else None
+    root = resolve_path(root)
     if root is None or not root.is_dir():
         raise ParamError("broden_root", f"{root} is not a folder; give a Broden folder (index.csv, label.csv, "
                                         f"category.csv, images/) such as broden1_224, or leave it empty for the "

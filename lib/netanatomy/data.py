@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError, ParamError
-from .runtime import atomic_write_json, cache_key
+from .runtime import atomic_write_json, cache_key, resolve_path
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -415,7 +415,7 @@ def get_dataset(name: str, root: str | Path | None = None, split: str = "train",
         raise DataError("<root not given>", f"data set {name!r} needs a root",
                         expected=layouts.get(name, IMAGE_FOLDER_LAYOUT))
     transform = transforms_for(name, aug, image_size, normalize)
-    root = Path(root)
+    root = resolve_path(root)
     if name == "cifar10":
         if root.suffix == ".npz" or root.is_file():
             if _cifar_split(split) == "train":

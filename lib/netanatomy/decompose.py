@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -45,7 +44,7 @@ from tqdm.auto import tqdm
 
 from . import models
 from .errors import DataError, ParamError, require
-from .runtime import atomic_write_json, cache_dir, cache_key, pick_device, seed_everything
+from .runtime import cache_dir, cache_key, pick_device, resolve_path, weights_fingerprint
 
 Indices = dict[int, list[int]]
 
@@ -85,15 +84,6 @@ class Features:
         return (self.logits.argmax(1) == self.labels).float().mean().item()
 
 
-def state_fingerprint(model: nn.Module) -> str:
-    """A short hash of a model's parameters and buffers (for cache keys)."""
-    h = hashlib.sha1()
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto",
                      progress: bool = True, cache_tag: str | None = None) -> Features:
@@ -104,7 +94,7 @@ def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 256, 
     """
     path = None
     if cache_tag is not None:
-        key = cache_key(tag=cache_tag, model=state_fingerprint(model), batch_size=batch_size)
+        key = cache_key(tag=cache_tag, model=weights_fingerprint(model), batch_size=batch_size)
         path = cache_dir("decompose", "features") / f"{key}.pt"
         if path.exists():
             saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -630,17 +620,6 @@ def load_csg_checkpoint(path: str | Path, model_name: str = "resnet20") -> CSGNe
 
 
 # ============================================================================ loading helpers
-def resolve_path(path: str | Path | None) -> Path | None:
-    """A path as given when absolute or existing from the working directory, else relative to the repo root."""
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    from .runtime import repo_root
-    return repo_root() / p
-
-
 def head_size_table(num_classes: int, num_features: int, ns: Sequence[int]) -> pd.DataFrame:
     """Weights (and 2-per-multiply-add FLOPs) of the full linear head versus decomposed heads."""
     rows = [{"head": f"full linear (C x D = {num_classes} x {num_features})", "weights": num_classes * num_features,
@@ -882,7 +861,7 @@ def accuracy_table(S: Setup, index_sets: Mapping[str, Mapping]) -> pd.DataFrame:
 
 def run_finetune(S: Setup, indices: Mapping, cfg: DecompositionConfig) -> tuple[nn.Module, pd.DataFrame]:
     """`finetune` with the run's settings, checkpointed (and resumable) in the cache."""
-    key = cache_key(model=state_fingerprint(S.model), idx={str(c): v for c, v in indices.items()},
+    key = cache_key(model=weights_fingerprint(S.model), idx={str(c): v for c, v in indices.items()},
                     train=len(S.train_ds), label=S.fit_label, epochs=cfg.finetune_epochs, lr=cfg.lr,
                     batch=cfg.batch_size, seed=cfg.seed)
     net, hist = finetune(S.model, indices, S.train_ds, S.eval_ds, cfg.finetune_epochs, cfg.lr, cfg.batch_size,
@@ -923,7 +902,7 @@ def csg_baseline(S: Setup, cfg: DecompositionConfig) -> CSGResult:
         source = f"checkpoint {path.name}"
     else:
         require(cfg.csg_epochs >= 1, "csg_epochs", "must be >= 1 when no csg_checkpoint is given")
-        key = cache_key(model=state_fingerprint(S.model), train=len(S.train_ds), label=S.fit_label, batch=cfg.batch_size,
+        key = cache_key(model=weights_fingerprint(S.model), train=len(S.train_ds), label=S.fit_label, batch=cfg.batch_size,
                         epochs=cfg.csg_epochs, lr=cfg.csg_lr, l1=cfg.csg_lambda_1, l2=cfg.csg_lambda_2,
                         mult=cfg.csg_gate_lr_mult, seed=cfg.seed)
         folder = cache_dir("decompose", "csg", key)

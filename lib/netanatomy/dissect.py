@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from . import broden as brd
 from .errors import DataError, ParamError
 from .hooks import get_module, run, trace
-from .runtime import atomic_save, atomic_write_csv, atomic_write_text, cache_dir, cache_key, pick_device
+from .runtime import (atomic_save, atomic_write_csv, atomic_write_text, cache_dir, cache_key, pick_device,
+                      weights_fingerprint)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -195,16 +196,6 @@ def tally_categories(tally: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def weights_hash(model: nn.Module) -> str:
-    """A sha1 over the model's state dict (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha1(type(model).__name__.encode())
-    for name, value in model.state_dict().items():
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(value.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:20]
-
 
 def data_hash(root: Path) -> str:
     """A sha1 over index.csv, label.csv, category.csv and the export marker of a Broden folder."""
@@ -612,7 +603,7 @@ def dissect(model: nn.Module, layers: Sequence[str] | str, broden_root: str | Pa
     first_device = next(iter(model.parameters()), torch.empty(0)).device
     model.to(device)
     try:
-        key1 = cache_key(weights=weights_hash(model), layers=layers, data=data_hash(root), split=cfg.split,
+        key1 = cache_key(weights=weights_fingerprint(model), layers=layers, data=data_hash(root), split=cfg.split,
                          n=len(ds), quantile=cfg.quantile, method=cfg.quantile_method, max_buffer=cfg.max_buffer,
                          top=cfg.top_images, seed=cfg.seed, size=size, mean=mean_t, std=std_t)
         pass1 = _pass1(model, layers, ds, cfg, size, mean, std, device, key1)

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from . import models
 from .errors import DataError, ParamError, require
 from .hooks import trace
-from .runtime import atomic_save, atomic_write_json, cache_dir, cache_key, pick_device, seed_everything
+from .runtime import atomic_save, atomic_write_json, cache_dir, cache_key, pick_device, resolve_path, seed_everything
 from .world import fingerprint as world_fingerprint
 
 #: The released DKA model's layer-4 dissection (ResNet-18, K = 5, Places365, Broden, NetDissect-Lite):
@@ -620,10 +620,10 @@ class Config:
                 f"must be an integer >= 0, got {self.explain_images!r}")
         for name in ("weights", "dense_weights"):
             path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
+            if path is not None and not resolve_path(path).is_file():
                 raise DataError(path, f"checkpoint given as {name} not found", "a .pth/.pt file saved with torch.save")
         if self.broden_root is not None:
-            root = Path(self.broden_root)
+            root = resolve_path(self.broden_root)
             if not root.is_dir() or not (root / "index.csv").is_file():
                 raise DataError(root, "is not a Broden folder (parameter broden_root)",
                                 "a folder holding index.csv, label.csv, category.csv and images/ "

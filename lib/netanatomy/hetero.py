@@ -44,8 +44,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import hooks, models, stats
-from .errors import ParamError, require
-from .runtime import atomic_save, atomic_write_json, cache_dir, cache_key, pick_device, seed_everything
+from .errors import require
+from .runtime import atomic_save, cache_dir, cache_key, pick_device, seed_everything
 from .train import TrainConfig, fit
 
 MODELS = ("cifar_resnet", "imagenet_resnet")

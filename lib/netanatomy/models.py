@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import DataError, ParamError
 from .hooks import get_module
+from .runtime import resolve_path
 
 
 # ----------------------------------------------------------------------------- CIFAR ResNets
@@ -223,7 +224,7 @@ def extract_state_dict(obj) -> Mapping[str, torch.Tensor]:
 
 def read_checkpoint(path: str | Path, trusted: bool = False):
     """torch.load a checkpoint on CPU; `trusted=True` allows pickled Python objects (own files only)."""
-    path = Path(path)
+    path = resolve_path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint file not found", "a .pth/.pt/.th file saved with torch.save")
     try:

@@ -37,12 +37,11 @@ and symmetric with diagonal 1.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,7 +53,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .errors import DataError, ParamError, require
 from .hooks import channel_gates, trace
-from .runtime import atomic_save, cache_dir, cache_key, pick_device
+from .runtime import atomic_save, autocast, cache_dir, cache_key, pick_device, weights_fingerprint
 
 #: beta defaults of upstream findpath.py, keyed by (dataset, model).
 UPSTREAM_BETA: dict[tuple[str, str], float] = {
@@ -155,10 +154,6 @@ def layer_channels(model: nn.Module, layers: Sequence[str], example: torch.Tenso
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def _autocast(dev: torch.device, enabled: bool):
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=enabled and dev.type == "cuda")
 
 
 # ============================================================================ per-class image access
@@ -304,7 +299,7 @@ def search_step(model: nn.Module, layers: Sequence[str], logits: Mapping[str, to
     L = len(layers)
     R = next(iter(logits.values())).shape[0]
     counts = torch.bincount(rows, minlength=R).float()
-    with torch.no_grad(), _autocast(dev, amp), trace(model, layers, detach=True) as t0:
+    with torch.no_grad(), autocast(dev, amp), trace(model, layers, detach=True) as t0:
         orig_logits = model(x).float()
     orig = {name: t0[name].float() for name in layers}
     correct = orig_logits.argmax(1) == labels
@@ -314,7 +309,7 @@ def search_step(model: nn.Module, layers: Sequence[str], logits: Mapping[str, to
 
     leaves = {name: logits[name].detach().requires_grad_(True) for name in layers}
     gates = {name: torch.sigmoid(leaves[name])[rows] for name in layers}
-    with _autocast(dev, amp), channel_gates(model, gates, capture=layers) as tg:
+    with autocast(dev, amp), channel_gates(model, gates, capture=layers) as tg:
         out = model(x).float()
     ce_i = F.cross_entropy(out, labels, reduction="none")
     w_ce = sample_active.float() / counts[rows].clamp_min(1)
@@ -498,20 +493,9 @@ def _concat(parts: list[PathResult]) -> PathResult:
 
 
 # ============================================================================ cached search on a subject
-def fingerprint(model: nn.Module) -> str:
-    """A hash of a model's state dict (names, shapes and values)."""
-    h = hashlib.sha1()
-    for name, v in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes() if v.dtype != torch.bfloat16 else
-                 v.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def paths_key(subject, cfg: SearchConfig, layers: Sequence[str]) -> str:
     """Cache key of a search: model weights, data set, layers and the search configuration."""
-    return cache_key(method="nad-paths", version=1, model=subject.model_name, weights=fingerprint(subject.model),
+    return cache_key(method="nad-paths", version=1, model=subject.model_name, weights=weights_fingerprint(subject.model),
                      dataset=subject.dataset, n_train=len(subject.train_ds), input_size=subject.input_size,
                      layers=list(layers), cfg=_jsonable_cfg(cfg))
 

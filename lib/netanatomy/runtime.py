@@ -140,6 +140,20 @@ def atomic_savez(path: str | Path, **arrays) -> Path:
     return _atomic(path, write)
 
 
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA when `enabled`; a no-op context on CPU (where it does not help)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def resolve_path(path: str | Path | None) -> Path | None:
+    """A user-given path: as given when absolute or existing from the working directory, else relative
+    to the repository root (so `../shared/...` in params works from the root, notebooks/ or elsewhere)."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else repo_root() / p
+
+
 def cache_dir(*parts: str) -> Path:
     """A folder under the cache root (env NETANATOMY_CACHE, default <repo>/.cache), created."""
     root = Path(os.environ.get("NETANATOMY_CACHE") or repo_root() / ".cache")
@@ -152,3 +166,13 @@ def cache_key(**kwargs: Any) -> str:
     """A short stable hash of keyword arguments (JSON, sorted keys) for cache file names."""
     blob = json.dumps(_jsonable(kwargs), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A sha1 over a model's state dict (names, dtypes, shapes and bytes), for cache keys."""
+    h = hashlib.sha1(type(model).__name__.encode())
+    for name, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:20]

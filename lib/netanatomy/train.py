@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .errors import NetanatomyError, ParamError, require
-from .runtime import atomic_save, atomic_write_csv, pick_device, seed_everything
+from .runtime import atomic_save, atomic_write_csv, autocast, pick_device, seed_everything
 
 
 class TrainingDiverged(NetanatomyError):
@@ -98,10 +98,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -170,7 +166,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
             y = y.to(device, non_blocking=True)
             if cfg.channels_last and device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.amp):
                 loss, logits = loss_fn(net, x, y)
             if cfg.max_loss is not None:
                 value = loss.item()
@@ -212,7 +208,7 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: s
     logits, labels = [], []
     for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
         x, y = batch[0], batch[1]
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits.append(model(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
     if not logits:
