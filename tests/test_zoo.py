@@ -41,3 +41,15 @@ def test_cached_model_is_reused_and_key_tracks_world_version(monkeypatch):
 def test_unknown_scale_is_a_parameter_error():
     with pytest.raises(Exception, match="parameter 'scale'.*default, smoke"):
         zoo.world_for("huge")
+
+
+def test_trained_weights_do_not_depend_on_earlier_random_draws(tmp_path, monkeypatch):
+    cfg, recipe = zoo.SCALES["smoke"]
+    recipe = dataclasses.replace(recipe, epochs=1)
+    states = []
+    for i, draws in enumerate((0, 1000)):
+        monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / f"cache{i}"))
+        torch.rand(draws)  # whatever ran before in the same process
+        states.append(zoo.trained("small_vgg", cfg, recipe, progress=False).model.state_dict())
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k

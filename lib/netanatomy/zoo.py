@@ -14,7 +14,7 @@ from torch import nn
 
 from . import data, models
 from .errors import ParamError
-from .runtime import atomic_save, cache_dir, cache_key, pick_device
+from .runtime import atomic_save, cache_dir, cache_key, pick_device, seed_everything
 from .train import TrainConfig, evaluate, fit
 from .world import WorldConfig, fingerprint as world_fingerprint
 
@@ -42,7 +42,8 @@ def _recipe_key(recipe: TrainConfig) -> dict:
 
 def cache_folder(name: str, world: WorldConfig, recipe: TrainConfig, width_mult: float = 1.0) -> Path:
     """Where `trained` keeps a model: keyed by name, width, world (with renderer version) and recipe."""
-    key = cache_key(name=name, width_mult=width_mult, world=world_fingerprint(world), recipe=_recipe_key(recipe))
+    key = cache_key(zoo_version=2, name=name, width_mult=width_mult, world=world_fingerprint(world),
+                    recipe=_recipe_key(recipe))
     return cache_dir("zoo", f"{name}-{key}")
 
 
@@ -60,6 +61,7 @@ def trained(name: str = "small_vgg", world: WorldConfig | None = None, recipe: T
     folder = cache_folder(name, world, recipe, width_mult)
     final = folder / "model.pt"
     val_ds = data.get_dataset("concept_world", split="val", world=world, progress=progress)
+    seed_everything(recipe.seed)  # the initial weights depend on the recipe's seed only
     model = models.build(name, len(val_ds.classes), width_mult=width_mult)
     if final.exists():
         saved = torch.load(final, map_location="cpu", weights_only=False)
