@@ -7,9 +7,9 @@ import torch
 
 from netanatomy import world, zoo
 
-# Documented in README ("The built-in data"): small_vgg reaches 0.873 on the default world's
+# Documented in README ("The built-in data"): small_vgg reaches 0.871 on the default world's
 # validation split with the default recipe (6 epochs). The margin allows other CPUs' float order.
-DOCUMENTED_VAL_ACC = 0.873
+DOCUMENTED_VAL_ACC = 0.871
 MARGIN = 0.04
 
 
