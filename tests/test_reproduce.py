@@ -50,3 +50,7 @@ def test_named_parameter_set_is_found_by_its_notebook_line(tmp_path):
     assert reproduce.params_file("nb", "realdata", prm) == prm / "realdata.yaml"
     assert reproduce.params_file("other", "realdata", prm) == prm / "other.realdata.yaml"
     assert reproduce.params_file("third", "realdata", prm) == prm / "third.realdata.yaml"  # not named: not taken
+
+
+def test_findings_markdown_is_rendered_escaped_in_the_index():
+    assert reproduce.inline_markdown("**0.87** vs `a<b`\nnext") == "<b>0.87</b> vs <code>a&lt;b</code><br>next"

@@ -15,6 +15,7 @@ import dataclasses
 import html
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,12 @@ def export_html(executed: Path) -> Path:
     return atomic_write_text(executed.with_suffix(".html"), body)
 
 
+def inline_markdown(text: str) -> str:
+    """A finding's markdown (bold, code, line breaks) as escaped HTML."""
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out).replace("\n", "<br>")
+
+
 def write_index(outcomes: list[Outcome], out: Path) -> Path:
     """reports/index.html: one row per notebook with status, time, parameters, findings and links."""
     rows = []
@@ -112,7 +119,7 @@ def write_index(outcomes: list[Outcome], out: Path) -> Path:
             cell = f" in cell {o.failing_cell}" if o.failing_cell is not None else ""
             status += f"<br><small>{html.escape(o.error[:400])}{cell}</small>"
         params = "<br>".join(f"<code>{html.escape(k)}={html.escape(repr(v))}</code>" for k, v in o.parameters.items())
-        notes = "".join(f"<li>{html.escape(f)}</li>" for f in findings)
+        notes = "".join(f"<li>{inline_markdown(f)}</li>" for f in findings)
         rows.append(f"<tr><td><b>{o.notebook}</b><br>{links}</td><td>{status}</td><td>{o.seconds:.0f} s</td>"
                     f"<td><small>{html.escape(Path(o.params_file).name)}</small><br>{params}</td>"
                     f"<td><ul>{notes}</ul></td></tr>")
