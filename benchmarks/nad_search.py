@@ -5,8 +5,10 @@
 Both modes run the same search (same model, classes, images, crops and flips; `nad.search` with
 batched=True / batched=False) on a small_vgg with `--classes` outputs. The images are random
 textures whose labels are the network's own predictions (its head set to read equal angular sectors of the
-features' whitened top principal plane, so every class gets `--per-class` images), so no batch is skipped in either mode. Each mode runs in a fresh process to
-read its peak memory (CUDA: max allocated; CPU: peak resident set size of the process).
+features' whitened top principal plane, so every class gets `--per-class` images). Random crops
+and flips can still change a prediction, so some batches are skipped, identically in both modes
+(the count is printed). Each mode runs in a fresh process to read its peak memory (CUDA: max
+allocated; CPU: peak resident set size of the process).
 """
 
 from __future__ import annotations
