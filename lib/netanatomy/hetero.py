@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from . import hooks, models, stats
 from .errors import require
 from .runtime import atomic_save, cache_dir, cache_key, pick_device, seed_everything
-from .train import TrainConfig, fit
+from .train import TrainConfig, fit, recipe_key
 
 MODELS = ("cifar_resnet", "imagenet_resnet")
 SCORES = ("magnitude", "gradient", "random")
@@ -638,7 +638,7 @@ def _broadcast_scores(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def _recipe_key(recipe: TrainConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "progress", "num_workers", "seed")}
+    return {k: v for k, v in recipe_key(recipe).items() if k != "seed"}  # each run's seed is keyed on its own
 
 
 def _train_and_measure(net: nn.Module, arch: Arch, counts: dict[str, int], train_ds, val_ds, recipe: TrainConfig,
@@ -902,13 +902,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .params import with_defaults
 
     p = with_defaults("heterogeneity", yaml.safe_load(Path(args.params).read_text()) or {})
-    modes = p.get("score", list(SCORES))
-    train_ds, val_ds, classes, size = load_data(p.get("dataset", "concept_world"), p.get("data_root"),
-                                                p.get("scale", "default"), p.get("image_size", 32), p.get("progress", True))
+    train_ds, val_ds, classes, size = load_data(p["dataset"], p["data_root"], p["scale"], p["image_size"], p["progress"])
     cfg, recipe, seeds = configs_from_params(p, len(classes), size)
-    exp = run(cfg, recipe, train_ds, val_ds, data_key(p.get("dataset", "concept_world"), p.get("data_root"),
-                                                      p.get("scale", "default"), size), seeds, modes,
-              p.get("progress", True))
+    exp = run(cfg, recipe, train_ds, val_ds, data_key(p["dataset"], p["data_root"], p["scale"], size), seeds,
+              p["score"], p["progress"])
     if _rank() == 0:
         acc = accuracy_table(exp)
         print(acc.to_string(index=False))
@@ -917,22 +914,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configs_from_params(p: dict, num_classes: int, input_size: int) -> tuple[HeteroConfig, TrainConfig, list[int]]:
-    """HeteroConfig, TrainConfig and the seed list from the notebook's parameter names."""
-    modes = p.get("score", list(SCORES))
+    """HeteroConfig, TrainConfig and the seed list from the notebook's parameters (all of them: the
+    notebook's `P`, or `params.with_defaults`)."""
+    modes = p["score"]
     first = modes if isinstance(modes, str) else (modes[0] if modes else "magnitude")
-    n_seeds = p.get("seeds", 1)
+    n_seeds = p["seeds"]
     require(isinstance(n_seeds, int) and n_seeds >= 1, "seeds", f"must be an integer >= 1 (number of seeds), got {n_seeds!r}")
-    cfg = HeteroConfig(model=p.get("model", "cifar_resnet"), depth=p.get("depth", 20), width_mult=p.get("width_mult", 2.0),
-                       ratio=p.get("ratio", 0.23), remain_percentage=p.get("remain_percentage", 0.4),
-                       linear_percentage=p.get("linear_percentage", 0.45), score=first,
-                       search_batches=p.get("search_batches", 2), search_lr=p.get("lr", 0.1),
-                       search_batch_size=p.get("search_batch_size"), embedding_dim=p.get("embedding_dim", 2),
-                       num_classes=num_classes, input_size=input_size)
-    recipe = TrainConfig(epochs=p.get("epochs", 5), batch_size=p.get("batch_size", 128), lr=p.get("lr", 0.1),
-                         optimizer="sgd", momentum=0.9, weight_decay=p.get("weight_decay", 1e-4),
-                         schedule=p.get("schedule", "cosine"), seed=p.get("seed", 0), device=p.get("device", "auto"),
-                         num_workers=p.get("num_workers", 0), progress=p.get("progress", True))
-    seeds = [p.get("seed", 0) + i for i in range(n_seeds)]
+    cfg = HeteroConfig(model=p["model"], depth=p["depth"], width_mult=p["width_mult"], ratio=p["ratio"],
+                       remain_percentage=p["remain_percentage"], linear_percentage=p["linear_percentage"], score=first,
+                       search_batches=p["search_batches"], search_lr=p["lr"], search_batch_size=p["search_batch_size"],
+                       embedding_dim=p["embedding_dim"], num_classes=num_classes, input_size=input_size)
+    recipe = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], optimizer="sgd", momentum=0.9,
+                         weight_decay=p["weight_decay"], schedule="cosine", seed=p["seed"], device=p["device"],
+                         num_workers=p["num_workers"], progress=p["progress"])
+    seeds = [p["seed"] + i for i in range(n_seeds)]
     return cfg, recipe, seeds
 
 

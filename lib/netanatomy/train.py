@@ -98,6 +98,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def recipe_key(cfg: TrainConfig) -> dict:
+    """The fields of a recipe that decide what training learns (not the device, progress bars or workers)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "progress", "num_workers")}
+
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 

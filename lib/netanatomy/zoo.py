@@ -15,7 +15,7 @@ from torch import nn
 from . import data, models
 from .errors import ParamError
 from .runtime import atomic_save, cache_dir, cache_key, pick_device, seed_everything
-from .train import TrainConfig, evaluate, fit
+from .train import TrainConfig, evaluate, fit, recipe_key
 from .world import WorldConfig, fingerprint as world_fingerprint
 
 # The default recipe for the small concept-world nets (documented accuracy in README).
@@ -36,14 +36,10 @@ class ZooEntry:
     path: Path
 
 
-def _recipe_key(recipe: TrainConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "progress", "num_workers")}
-
-
 def cache_folder(name: str, world: WorldConfig, recipe: TrainConfig, width_mult: float = 1.0) -> Path:
     """Where `trained` keeps a model: keyed by name, width, world (with renderer version) and recipe."""
     key = cache_key(zoo_version=2, name=name, width_mult=width_mult, world=world_fingerprint(world),
-                    recipe=_recipe_key(recipe))
+                    recipe=recipe_key(recipe))
     return cache_dir("zoo", f"{name}-{key}")
 
 
@@ -57,7 +53,7 @@ def trained(name: str = "small_vgg", world: WorldConfig | None = None, recipe: T
     """
     world = world or WorldConfig()
     recipe = dataclasses.replace(recipe or DEFAULT_RECIPE, device=device, progress=progress)
-    key_recipe = _recipe_key(recipe)
+    key_recipe = recipe_key(recipe)
     folder = cache_folder(name, world, recipe, width_mult)
     final = folder / "model.pt"
     val_ds = data.get_dataset("concept_world", split="val", world=world, progress=progress)
