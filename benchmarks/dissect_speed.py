@@ -5,13 +5,13 @@ A synthetic Broden set (default 2,000 images of 56 px with 28 px segmentations, 
 gives 128 units at 7x7. Both tallies get the same activations, thresholds and segmentations
 (loaded beforehand), so only the tally is timed:
 
-* vectorised: `netanatomy.dissect.tally_batch` over batches of 64 images;
+* vectorised: `netanatomy.dissect.method.tally_batch` over batches of 64 images;
 * loop: NetDissect-Lite's way, per image and per unit: upsample the map, threshold, bincount the
   labels under the mask, add the whole-image labels and the category activation.
 
 Each runs in its own process so its peak memory (max RSS above the process's baseline after the
 data are loaded) is its own. The two results are checked to agree, and the end-to-end
-`dissect.dissect` throughput (both passes, PNG decoding and forward passes included) is printed too.
+`netanatomy.dissect.run.dissect` throughput (both passes, PNG decoding and forward passes included) is printed too.
 
     .venv/bin/python benchmarks/dissect_speed.py [--images 2000] [--units 128] [--threads 1]
 """
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from netanatomy import broden, dissect
+from netanatomy import broden
+from netanatomy.dissect import method, run
 
 
 def write_data(root: Path, n: int, size: int = 56, seed: int = 0) -> Path:
@@ -74,7 +75,7 @@ def load_all(root: Path, units: int, n: int | None = None):
 def vectorised(acts, thr, seg, scal, labelcat, batch=64):
     out = None
     for s in range(0, len(acts), batch):
-        r = dissect.tally_batch(acts[s:s + batch], thr, seg[s:s + batch], scal[s:s + batch], labelcat)
+        r = method.tally_batch(acts[s:s + batch], thr, seg[s:s + batch], scal[s:s + batch], labelcat)
         out = r[:3] if out is None else tuple(a + b for a, b in zip(out, r[:3]))
     return [t.numpy() for t in out]
 
@@ -178,9 +179,9 @@ def main(argv=None):
     print(f"  speed-up: {ips_v / ips_l:.1f}x")
     # end to end: both passes with PNG decoding and forward passes, no cache
     torch.set_num_threads(args.threads)
-    cfg = dissect.DissectConfig(normalize="none", progress=False, cache=False)
+    cfg = run.DissectConfig(normalize="none", progress=False, cache=False)
     t0 = time.perf_counter()
-    dissect.dissect(make_model(args.units), ["1"], root, cfg)
+    run.dissect(make_model(args.units), ["1"], root, cfg)
     dt = time.perf_counter() - t0
     print(f"end to end dissect() (2 passes, PNG decoding, forward): {args.images / dt:.1f} images/s "
           f"({dt:.1f} s for {args.images} images)")

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from netanatomy import dka
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test oracle: upstream's formula
+from helpers.dka import reference_topk_linear
+from netanatomy.dka.method import TopKRouteLinear
 
 
 def _rss_kb(field: str) -> int:
@@ -64,9 +67,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     x = torch.rand(args.batch, args.features, requires_grad=True)
-    layer = dka.TopKRouteLinear(args.features, args.classes, args.k, max_votes=args.max_votes)
+    layer = TopKRouteLinear(args.features, args.classes, args.k, max_votes=args.max_votes)
     variants = {
-        "upstream (full votes, autograd)": lambda a, l: dka.reference_topk_linear(a, l.weight, l.bias, l.k),
+        "upstream (full votes, autograd)": lambda a, l: reference_topk_linear(a, l.weight, l.bias, l.k),
         f"TopKRouteLinear (chunk {layer.chunk(args.batch)} classes)": lambda a, l: l(a),
     }
     votes_mib = args.batch * args.classes * args.features * 4 / 2**20

@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/nad_search.py [--classes 32] [--per-class 32] [--size 32] [--epochs 1]
 
-Both modes run the same search (same model, classes, images, crops and flips; `nad.search` with
-batched=True / batched=False) on a small_vgg with `--classes` outputs. The images are random
-textures whose labels are the network's own predictions (its head set to read equal angular sectors of the
-features' whitened top principal plane, so every class gets `--per-class` images). Random crops
-and flips can still change a prediction, so some batches are skipped, identically in both modes
-(the count is printed). Each mode runs in a fresh process to read its peak memory (CUDA: max
-allocated; CPU: peak resident set size of the process).
+Both modes run the same search (same model, classes, images, crops and flips;
+`netanatomy.nad.method.search` with batched=True / batched=False) on a small_vgg with `--classes`
+outputs. The images are random textures whose labels are the network's own predictions (its head
+set to read equal angular sectors of the features' whitened top principal plane, so every class
+gets `--per-class` images). Random crops and flips can still change a prediction, so some batches
+are skipped, identically in both modes (the count is printed). Each mode runs in a fresh process to
+read its peak memory (CUDA: max allocated; CPU: peak resident set size of the process).
 """
 
 from __future__ import annotations
@@ -46,17 +46,18 @@ def _setup(classes: int, per_class: int, size: int, seed: int = 0):
         logits = torch.cat([model(x[i:i + 256]) for i in range(0, n, 256)])
     y = logits.argmax(1)
     keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(classes)])
-    return model, torch.utils.data.TensorDataset(x[keep].contiguous(), y[keep].contiguous())
+    return model, x[keep].contiguous(), y[keep].contiguous()
 
 
 def _run(mode: str, args: dict, queue) -> None:
     import torch
-    from netanatomy import models, nad
+    from netanatomy import models
+    from netanatomy.nad import method, run
 
-    model, ds = _setup(args["classes"], args["per_class"], args["size"])
-    counts = torch.bincount(ds.tensors[1], minlength=args["classes"])
-    cfg = nad.SearchConfig(beta=4.5, lr=0.1, epochs=args["epochs"], path_epoch=None, batch_size=16,
-                           device=args["device"], progress=False)
+    model, x, y = _setup(args["classes"], args["per_class"], args["size"])
+    counts = torch.bincount(y, minlength=args["classes"])
+    cfg = method.SearchConfig(beta=4.5, lr=0.1, epochs=args["epochs"], path_epoch=None, batch_size=16,
+                              device=args["device"], progress=False)
     dev = torch.device("cuda" if args["device"] != "cpu" and torch.cuda.is_available() else "cpu")
     layers = models.layers("small_vgg", "nad")
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -64,7 +65,7 @@ def _run(mode: str, args: dict, queue) -> None:
         model.to(dev)
         torch.cuda.reset_peak_memory_stats()
     t0, c0 = time.perf_counter(), time.process_time()
-    res = nad.search(model, ds, layers, cfg, args["size"], batched=(mode == "batched"))
+    res = method.search(model, run.Images.of_tensors(x, y), layers, cfg, args["size"], batched=(mode == "batched"))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -124,9 +124,10 @@ def test_export_world_matches_world_and_is_idempotent(tmp_path):
 def test_export_refuses_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(DataError, match="not written by export_world"):
+    with pytest.raises(DataError, match="not written by netanatomy"):
         broden.export_world(WorldConfig(image_size=32, n_train=0, n_val=4, n_test=0), tmp_path / "mine",
                             progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def _fresh(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.data import CLASSES, cifar_jpeg_archive
 from netanatomy import data as D
 from netanatomy import world as W
 from netanatomy.errors import DataError, ParamError
@@ -318,3 +319,82 @@ def test_split_indices_and_subset():
     sub = D.Subset(base, [1, 2, 5])
     assert sub.classes == ["a", "b", "c"] and sub.targets == [1, 2, 2] and len(sub) == 3
     assert sub[1][1] == 2
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 as JPEG
+
+def test_cifar10_jpeg_archive_reads_in_class_and_file_order(tmp_path):
+    archive = tmp_path / "mini.tar.gz"
+    expected = cifar_jpeg_archive(archive)
+    train = D.get_dataset("cifar10_jpeg", archive, split="train", train_aug=False, normalize=False)
+    test = D.get_dataset("cifar10_jpeg", archive, split="val")
+    assert train.classes == list(CLASSES) and len(train) == 9 and len(test) == 6
+    assert train.targets == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    np.testing.assert_allclose(train.images[:, 16, 16, 0].astype(int), expected["train"], atol=3)  # JPEG rounding
+    x, y = train[4]
+    assert x.shape == (3, 32, 32) and y == 1
+    # decoded once: a second read comes from the cache even when the archive is gone
+    moved = tmp_path / "elsewhere.tar.gz"
+    archive.rename(moved)
+    assert len(D.cifar10_jpeg(moved, "train", progress=False)) == 9
+
+
+def test_cifar10_jpeg_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    cifar_jpeg_archive(bad, damaged="train/bird/0001.jpg")
+    with pytest.raises(DataError, match=r"bad.tar.gz:train/bird/0001.jpg: is not a readable JPEG"):
+        D.cifar10_jpeg(bad, "train", progress=False)
+    named = tmp_path / "cifar10_jpeg.tar.gz"  # the shared archive's name with other content
+    cifar_jpeg_archive(named)
+    with pytest.raises(DataError, match="not the published"):
+        D.cifar10_jpeg(named, "train", progress=False)
+    (tmp_path / "junk.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="cannot be read as a tar archive"):
+        D.cifar10_jpeg(tmp_path / "junk.tar.gz", "test", progress=False)
+    with pytest.raises(DataError, match="not found"):
+        D.cifar10_jpeg(tmp_path / "missing.tar.gz")
+
+
+@pytest.mark.slow
+def test_shared_cifar10_jpeg_archive():
+    archive = REPO.parent / "shared" / "data" / "cifar10" / "cifar10_jpeg.tar.gz"
+    if not archive.exists() or not SHARED_NPZ.exists():
+        pytest.skip(f"shared file absent: {archive if not archive.exists() else SHARED_NPZ}")
+    test = D.cifar10_jpeg(archive, "test", progress=False)
+    assert len(test) == 10_000 and np.bincount(test.targets).tolist() == [1000] * 10
+    # test/<class>/0000.jpg is the first image of that class in the official test order
+    with np.load(SHARED_NPZ) as z:
+        labels, images = z["labels_all10000"], z["images"]
+    for c in range(10):
+        k = int(np.flatnonzero(labels == c)[0])
+        if k < 1000:
+            diff = test.images[c * 1000].astype(float) - images[k].transpose(1, 2, 0)
+            assert 10 * np.log10(255 ** 2 / (diff ** 2).mean()) > 24  # the same picture, JPEG-coded
+
+
+def test_truncated_image_in_a_folder_is_one_line_naming_it(tmp_path):
+    root = tmp_path / "tree" / "train"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / c / "0.png")
+    good = (root / "b" / "0.png").read_bytes()
+    (root / "b" / "1.png").write_bytes(good[: len(good) // 2])
+    ds = D.image_folder(tmp_path / "tree", "train")
+    with pytest.raises(DataError, match=r"b/1.png: is not a readable image"):
+        [ds[i] for i in range(len(ds))]
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)  # re-raised from a worker process
+    with pytest.raises(DataError) as info:
+        list(loader)
+    assert str(info.value).startswith(str(root / "b" / "1.png")) and "\n" not in str(info.value)
+
+
+def test_fingerprint_changes_with_any_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"1")
+    before = D.fingerprint(tmp_path)
+    assert D.fingerprint(tmp_path) == before
+    (tmp_path / "a" / "x.png").write_bytes(b"22")
+    assert D.fingerprint(tmp_path) != before
+    after_edit = D.fingerprint(tmp_path)
+    (tmp_path / "a" / "y.png").write_bytes(b"3")
+    assert D.fingerprint(tmp_path) != after_edit

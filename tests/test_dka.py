@@ -1,26 +1,31 @@
 """Dynamic-K activation: the routed head's exact invariants, model surgery, checkpoints, training, explanations."""
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from torch import nn
 
-from netanatomy import dka, models
+from helpers.dka import Planted, PlantedData, reference_topk_linear
+from netanatomy import models
+from netanatomy.dissect.method import tally_summary
+from netanatomy.dka import figures, method, run
 from netanatomy.errors import DataError, ParamError
 
 
 def _layer(D=16, C=7, k=3, dtype=torch.float64, **kw):
     torch.manual_seed(0)
-    return dka.TopKRouteLinear(D, C, k, **kw).to(dtype)
+    return method.TopKRouteLinear(D, C, k, **kw).to(dtype)
 
 
 def test_k_equals_d_is_nn_linear():
     D, C = 24, 9
     lin = nn.Linear(D, C).double()
-    layer = dka.TopKRouteLinear.from_linear(lin, D)
+    layer = method.TopKRouteLinear.from_linear(lin, D)
     x = torch.randn(11, D, dtype=torch.float64, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
     a, b = layer(x), lin(x2)
@@ -68,7 +73,7 @@ def test_gradient_reaches_at_most_k_inputs_per_sample_and_class():
 def test_gradcheck_float64_away_from_ties():
     layer = _layer(D=12, C=5, k=4)
     x = torch.randn(6, 12, dtype=torch.float64, requires_grad=True)
-    fn = lambda a, w, b: dka._TopKRoute.apply(a, w, b, 4, 2)  # noqa: E731
+    fn = lambda a, w, b: method._TopKRoute.apply(a, w, b, 4, 2)
     assert torch.autograd.gradcheck(fn, (x, layer.weight, layer.bias), eps=1e-6, atol=1e-7)
 
 
@@ -77,7 +82,7 @@ def test_matches_upstream_formula_and_gradients():
     x = torch.rand(8, 32, requires_grad=True)          # post-ReLU features
     x2 = x.detach().clone().requires_grad_(True)
     a = layer(x)
-    b = dka.reference_topk_linear(x2, layer.weight, layer.bias, 5)
+    b = reference_topk_linear(x2, layer.weight, layer.bias, 5)
     torch.testing.assert_close(a, b)
     ga = torch.autograd.grad(a.sum(), (x, layer.weight, layer.bias))
     gb = torch.autograd.grad(b.sum(), (x2, layer.weight, layer.bias))
@@ -90,7 +95,7 @@ def test_permuting_features_changes_nothing_and_batch_order_is_kept():
     x = torch.randn(6, 16, dtype=torch.float64)
     out = layer(x)
     perm = torch.randperm(16)
-    permuted = dka.TopKRouteLinear(16, 7, 4).double()
+    permuted = method.TopKRouteLinear(16, 7, 4).double()
     with torch.no_grad():
         permuted.weight.copy_(layer.weight[:, perm])
         permuted.bias.copy_(layer.bias)
@@ -120,20 +125,20 @@ def test_chunked_equals_unchunked():
 def test_k_out_of_range_is_one_clear_error():
     for k in (0, 17, -1, 2.5):
         with pytest.raises(ParamError, match="'k'.*between 1 and D = 16"):
-            dka.TopKRouteLinear(16, 3, k)
+            method.TopKRouteLinear(16, 3, k)
     with pytest.raises(ParamError, match="'k'"):
-        dka.to_dka(models.build("small_vgg", 3, width_mult=0.25), 33)
+        method.to_dka(models.build("small_vgg", 3, width_mult=0.25), 33)
     with pytest.raises(ParamError, match="'k'.*D = 128"):
-        dka.Config(k=0, k_sweep=[])
+        run.Config(k=0, k_sweep=[])
     with pytest.raises(ParamError, match="'k_sweep'.*D = 128"):
-        dka.Config(k_sweep=[1, 500])
+        run.Config(k_sweep=[1, 500])
 
 
 def test_missing_broden_root_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="not a Broden folder.*broden_root"):
-        dka.Config(broden_root=str(tmp_path / "nope"), k_sweep=[])
+        run.Config(broden_root=str(tmp_path / "nope"), k_sweep=[])
     with pytest.raises(ParamError, match="broden_root"):
-        dka.Config(dataset="places365", model="resnet18", data_root=str(tmp_path), k_sweep=[])
+        run.Config(dataset="places365", model="resnet18", data_root=str(tmp_path), k_sweep=[])
 
 
 @pytest.mark.parametrize("name,head", [("small_vgg", "fc"), ("small_resnet", "fc"), ("resnet20", "linear"),
@@ -141,136 +146,134 @@ def test_missing_broden_root_is_one_clear_error(tmp_path):
 def test_builder_swaps_the_head_of_any_model(name, head):
     torch.manual_seed(0)
     dense = models.build(name, 6).eval()
-    routed = dka.to_dka(models.build(name, 6), 5)
+    routed = method.to_dka(models.build(name, 6), 5)
     routed.load_state_dict(dense.state_dict())            # same parameter names as nn.Linear
     hname, module = models.head(routed)
-    assert hname == head and isinstance(module, dka.TopKRouteLinear) and dka.head_k(routed) == 5
+    assert hname == head and isinstance(module, method.TopKRouteLinear) and method.head_k(routed) == 5
     size = 64 if name == "resnet18" else 32
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        full = dka.to_dka(models.build(name, 6), module.in_features)
+        full = method.to_dka(models.build(name, 6), module.in_features)
         full.load_state_dict(dense.state_dict())
         torch.testing.assert_close(full.eval()(x), dense(x), rtol=1e-4, atol=1e-4)   # K = D is the dense net
         feats, _ = models.pooled_features(routed.eval(), x)
-        torch.testing.assert_close(routed(x), dka.reference_topk_linear(feats, module.weight, module.bias, 5))
+        torch.testing.assert_close(routed(x), reference_topk_linear(feats, module.weight, module.bias, 5))
 
 
 def test_load_upstream_checkpoint(tmp_path):
     torch.manual_seed(1)
-    src = dka.build("resnet20", 10, k=3).eval()
+    src = method.build("resnet20", 10, k=3).eval()
     state = {("module.rfc." + k[len("linear."):]) if k.startswith("linear.") else "module." + k: v
              for k, v in src.state_dict().items()}
     path = tmp_path / "resnet20_fc_ma_t3.pth"
     torch.save({"epoch": 89, "best_prec1": 55.0, "state_dict": state}, path)
-    assert dka.k_from_mark(path.name) == 3 and dka.k_from_mark("t5") == 5
-    dst = dka.build("resnet20", 10, k=dka.k_from_mark(path.name), weights=path).eval()
+    assert method.k_from_mark(path.name) == 3 and method.k_from_mark("t5") == 5
+    dst = method.build("resnet20", 10, k=method.k_from_mark(path.name), weights=path).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(dst(x), src(x))
     with pytest.raises(DataError, match="upstream DKA checkpoint.*dense"):
-        dka.load_checkpoint(models.build("resnet20", 10), path)
+        method.load_checkpoint(models.build("resnet20", 10), path)
     with pytest.raises(DataError, match="shape"):
-        dka.load_checkpoint(dka.build("resnet20", 100, k=3), path)
+        method.load_checkpoint(method.build("resnet20", 100, k=3), path)
     bad = dict(state)
     bad.pop("module.rfc.bias")
     with pytest.raises(DataError, match="missing keys.*linear.bias"):
-        dka.load_checkpoint(dka.build("resnet20", 10, k=3), {"state_dict": bad})
+        method.load_checkpoint(method.build("resnet20", 10, k=3), {"state_dict": bad})
 
 
-class _Planted(torch.utils.data.Dataset):
-    """Two classes: a bright square in the top-left or bottom-right corner of a 16 px noise image."""
-
-    classes = ["tl", "br"]
-
-    def __init__(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        self.y = torch.arange(n) % 2
-        self.x = torch.randn(n, 3, 16, 16, generator=g) * 0.3
-        for i in range(n):
-            s = slice(0, 6) if self.y[i] == 0 else slice(10, 16)
-            self.x[i, :, s, s] += 2.0
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
+def _recipe(epochs, **kw):
+    return run.upstream_recipe(epochs, **{"lr": 0.05, "batch_size": 32, "device": "cpu", "progress": False, **kw})
 
 
 def test_dense_and_dka_share_init_train_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
-    train, val = _Planted(256, 0), _Planted(64, 1)
-    setup = dka.Setup(model="small_vgg", width_mult=0.25, epochs=0, batch_size=32, lr=0.05)
-    d0 = dka.train_model(setup, None, train_ds=train, val_ds=val, progress=False, device="cpu")
-    k0 = dka.train_model(setup, 2, train_ds=train, val_ds=val, progress=False, device="cpu")
+    data = PlantedData(256, 64)
+    d0 = run.train_model("small_vgg", None, data, _recipe(0), width_mult=0.25)
+    k0 = run.train_model("small_vgg", 2, data, _recipe(0), width_mult=0.25)
     for (n, a), b in zip(d0.model.state_dict().items(), k0.model.state_dict().values()):
         assert torch.equal(a, b), n                      # same trunk and head initialisation
-    setup = dka.Setup(model="small_vgg", width_mult=0.25, epochs=4, batch_size=32, lr=0.05)
-    run = dka.train_model(setup, 2, train_ds=train, val_ds=val, progress=False, device="cpu")
-    assert run.status == "ok" and run.val_acc >= 0.9 and len(run.history) == 4
-    again = dka.train_model(setup, 2, train_ds=train, val_ds=val, progress=False, device="cpu")
-    for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()):
+    trained = run.train_model("small_vgg", 2, data, _recipe(4), width_mult=0.25)
+    assert trained.status == "ok" and trained.val_acc >= 0.9 and len(trained.history) == 4
+    assert trained.path.is_file()
+    again = run.train_model("small_vgg", 2, data, _recipe(4), width_mult=0.25)
+    for a, b in zip(trained.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)                         # loaded from the cache
-    assert dka.head_k(again.model) == 2
+    assert method.head_k(again.model) == 2
     # explanation identities: dense logit = sum of all contributions + bias; DKA logit = top-K sum + bias
-    for t in (d0, run):
-        res = dka.unit_contributions(t.model, "features.conv6", val, progress=False, device="cpu")
+    for t in (d0, trained):
+        res = method.unit_contributions(t.model, "features.conv6", data.val, progress=False, device="cpu")
         bias = models.head(t.model)[1].bias.detach()[res["target"]]
         kept = res["contrib"] if t.k is None else res["contrib"].topk(t.k, 1).values
         torch.testing.assert_close(kept.sum(1) + bias, res["logit"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ParamError, match="'layer'.*global average pool"):
-        dka.unit_contributions(run.model, "features.conv4", val, progress=False, device="cpu")
+        method.unit_contributions(trained.model, "features.conv4", data.val, progress=False, device="cpu")
 
 
 def test_divergence_guard_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
-    train, val = _Planted(64, 0), _Planted(32, 1)
-    setup = dka.Setup(model="small_vgg", width_mult=0.25, epochs=1, batch_size=32, max_loss=1e-3)
-    t = dka.train_model(setup, 1, train_ds=train, val_ds=val, progress=False, device="cpu")
+    data = PlantedData(64, 32)
+    recipe = _recipe(1, lr=0.1, max_loss=1e-3)
+    t = run.train_model("small_vgg", 1, data, recipe, width_mult=0.25)
     assert t.status == "diverged" and "max_loss" in t.message and np.isnan(t.val_acc)
-    assert dka.train_model(setup, 1, train_ds=train, val_ds=val, progress=False, device="cpu").status == "diverged"
+    assert run.train_model("small_vgg", 1, data, recipe, width_mult=0.25).status == "diverged"
 
 
 def test_concentration_and_explanation_page():
     c = torch.tensor([[4.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [2.0, -2.0, 0.0, 0.0]])
-    torch.testing.assert_close(dka.concentration(c, 1), torch.tensor([1.0, 0.25, 0.5]))
-    torch.testing.assert_close(dka.concentration(c, 2), torch.tensor([1.0, 0.5, 0.5]))
-    curve = dka.concentration_curve(c, 4)     # a negative contribution lowers the cumulative share
+    torch.testing.assert_close(method.concentration(c, 1), torch.tensor([1.0, 0.25, 0.5]))
+    torch.testing.assert_close(method.concentration(c, 2), torch.tensor([1.0, 0.5, 0.5]))
+    curve = method.concentration_curve(c, 4)     # a negative contribution lowers the cumulative share
     np.testing.assert_allclose(curve["share"], [1.75 / 3, 2 / 3, 2.25 / 3, 2 / 3], rtol=1e-6)
     torch.manual_seed(0)
-    model = dka.to_dka(models.build("small_vgg", 2, width_mult=0.25), 3).eval()
-    val = _Planted(8, 2)
+    model = method.to_dka(models.build("small_vgg", 2, width_mult=0.25), 3).eval()
+    val = Planted(8, 2)
     labels = pd.DataFrame({"label": ["tl-s"] * 32, "category": ["scene"] * 32, "iou": np.linspace(0, 0.1, 32)})
-    ex = dka.explain(model, "features.conv6", val, [0, 3], labels, top=5, device="cpu")
+    ex = figures.explain(model, "features.conv6", val, [0, 3], labels, top=5, device="cpu")
     assert len(ex) == 2 and all(len(e["units"]) == 5 for e in ex)
     shares = [u["share"] for u in ex[0]["units"]]
     assert shares == sorted(shares, reverse=True)
-    page = dka.explain_page(ex, "test")
+    page = figures.explain_page(ex, "test")
     assert page.count("unit ") >= 10 and "data:image/png;base64" in page and "tl-s" in page
 
 
 def test_dissection_tables_side_by_side():
     def fake(scene, obj):
         tally = pd.DataFrame({"unit": [1, 2, 3], "category": ["scene", "object", "color"],
-                              "label": ["beach-s", "disk", "red-c"], "score": [scene, obj, 0.01]})
-        n = int(scene >= 0.04) + int(obj >= 0.04)
-        return types.SimpleNamespace(tally=tally, summary=lambda: {
-            "units": 3, "interpretable": n, "unique_concepts": n,
-            "per_category": {"scene": int(scene >= 0.04), "object": int(obj >= 0.04)}})
+                              "label": ["beach-s", "disk", "red-c"], "score": [scene, obj, 0.01],
+                              "scene-label": "beach-s", "object-label": "disk", "color-label": "red-c"})
+        return types.SimpleNamespace(tally=tally, summary=lambda: tally_summary(tally, 0.04))
     d = {"dense": fake(0.02, 0.05), "DKA K=5": fake(0.3, 0.06)}
-    table = dka.dissection_table(d)
+    table = run.dissection_table(d)
     assert list(table["model"])[:2] == ["dense", "DKA K=5"] and table["interpretable"].tolist()[:2] == [1, 2]
+    assert table["scene_detectors"].tolist() == [0, 1, 307] and table["object_detectors"].tolist()[:2] == [1, 1]
     pub = table.iloc[-1]
     assert pub["interpretable"] == 441 and pub["unique_concepts"] == 230 and "published" in pub["source"]
-    frame = dka.detectors_frame(d, 0.04)
+    said = figures.describe_dissection(d, "layer4", 0.04)
+    assert "DKA K=5: **2/3** units" in said and "441/512 interpretable, 230 unique concepts, 307 scene" in said
+    frame = run.detectors_frame(d, 0.04)
     assert frame.set_index(["model", "category"])["detectors"].to_dict() == {
-        ("dense", "object"): 1, ("DKA K=5", "scene"): 1, ("DKA K=5", "object"): 1}
+        ("dense", "scene"): 0, ("dense", "object"): 1, ("dense", "color"): 0,
+        ("DKA K=5", "scene"): 1, ("DKA K=5", "object"): 1, ("DKA K=5", "color"): 0}
+
+
+def test_config_composes_the_dissection_config_and_refuses_unknown_names():
+    cfg = run.Config.from_params({"quantile": 0.01, "iou_threshold": 0.05, "union_rule": "image",
+                                  "categories": ["object"], "batch_size": 32, "k_sweep": []})
+    d = cfg.dissection
+    assert (d.quantile, d.iou_threshold, d.union_rule, d.categories, d.batch_size) == (0.01, 0.05, "image",
+                                                                                       ["object"], 64)
+    with pytest.raises(ParamError, match="'quantile'"):
+        run.Config.from_params({"quantile": 1.5, "k_sweep": []})
+    with pytest.raises(ParamError, match="'union_rule'"):
+        run.Config.from_params({"union_rule": "pixel", "k_sweep": []})
+    with pytest.raises(ParamError, match="'top_k'.*not a parameter"):
+        run.Config.from_params({"top_k": 5})
+    assert run.Config(k_sweep=[1, "D", 128, None]).k_sweep == [1, None, None, None]
 
 
 @pytest.mark.parametrize("name", ["dka.yaml", "dka.smoke.yaml", "dka.places365.yaml", "dka.places365_released.yaml"])
 def test_parameter_sets_make_valid_configs(name, tmp_path):
-    import yaml
-    from pathlib import Path
     values = yaml.safe_load((Path(__file__).resolve().parents[1] / "params" / name).read_text())
     for key in ("data_root", "broden_root", "weights", "dense_weights"):
         if values.get(key):                     # real-data paths: stand-ins that exist
@@ -281,7 +284,7 @@ def test_parameter_sets_make_valid_configs(name, tmp_path):
             else:
                 path.write_text("") if key != "data_root" else path.mkdir()
             values[key] = str(path)
-    cfg = dka.Config(**values)
+    cfg = run.Config.from_params(values)
     assert 1 <= cfg.k <= cfg.D and all(k is None or 1 <= k <= cfg.D for k in cfg.k_sweep)
     if "places365" in name:
         assert (cfg.model, cfg.D, cfg.layer, cfg.k) == ("resnet18", 512, "layer4", 5)

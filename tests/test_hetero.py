@@ -1,49 +1,35 @@
-"""Heterogeneity hypothesis (netanatomy.hetero): hypernetwork convs, search, shrink, materialise, FLOPs."""
+"""Heterogeneity hypothesis (netanatomy.hetero): hypernetwork convs, search, shrink, materialise, FLOPs,
+the notebook's config, the cached runs and the command line (also under torchrun)."""
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from torch.utils.data import TensorDataset
 
-from netanatomy import hetero as H
-from netanatomy import hooks, stats
+from helpers.hetero import CIFAR, IMNET, TensorData, closest_ratio, imnet_arch, searched, tiny_data
+from netanatomy import cli, hooks, params, stats
 from netanatomy.errors import ParamError
-from netanatomy.train import TrainConfig
+from netanatomy.hetero import method as H
+from netanatomy.hetero import run as R
 
-
-def _data(n=48, size=16, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g)
-    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-    return TensorDataset(x, y % classes)
-
-
-CIFAR = H.HeteroConfig(model="cifar_resnet", depth=8, width_mult=2.0, ratio=0.3, num_classes=4, input_size=16,
-                       embedding_dim=2, search_lr=0.05)
-# ResNet-50 layout at 1/8 width and 32 px so the test stays small (the arch is built directly: width < 1)
-IMNET = H.HeteroConfig(model="imagenet_resnet", depth=50, width_mult=1.0, ratio=0.3, num_classes=4, input_size=32,
-                       embedding_dim=2, search_lr=0.05)
-
-
-def _searched(cfg, arch, seed=0):
-    torch.manual_seed(seed)
-    hyper = H.HyperResNet(arch, cfg.embedding_dim)
-    H.search(hyper, _data(size=cfg.input_size), cfg, batch_size=16, seed=seed, device="cpu", progress=False)
-    return hyper.eval()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def cifar():
     arch = H.arch_for(CIFAR)
-    return arch, _searched(CIFAR, arch)
+    return arch, searched(CIFAR, arch)
 
 
 @pytest.fixture(scope="module")
 def imnet():
-    arch = H.architecture("imagenet_resnet", 50, 0.125, 4, 32)
-    return arch, _searched(IMNET, arch)
+    arch = imnet_arch()
+    return arch, searched(IMNET, arch)
 
 
 def test_generated_kernel_shape():
@@ -115,7 +101,7 @@ def test_floors_respected_and_unreachable_target_reported(cifar):
     assert res.counts == floor                   # a tiny target drives every vector down to its floor
 
 
-@pytest.mark.parametrize("ratio", [0.15, 0.23, 0.4, 0.6, 0.9])
+@pytest.mark.parametrize("ratio", [0.15, 0.23, 0.4, 0.6, 0.9, 1.0])
 def test_binary_search_lands_within_tolerance_or_reports(cifar, ratio):
     arch, hyper = cifar
     cfg = dataclasses.replace(CIFAR, ratio=ratio, remain_percentage=0.1, linear_percentage=0.1)
@@ -125,11 +111,7 @@ def test_binary_search_lands_within_tolerance_or_reports(cifar, ratio):
         assert res.ratio == pytest.approx(true_ratio)
         assert (res.trace["phase"] == "upstream").sum() <= cfg.max_iter
         # brute force over every breakpoint of the threshold: is the target reachable at all?
-        scores = H.channel_scores(hyper, mode)
-        floor = H.floors(arch, 0.1, 0.1)
-        cands = [0.0] + torch.unique(torch.cat([v for k, v in scores.items() if k != "input"])).tolist()
-        full = H.analytic_flops(arch)
-        best = min(abs(H.analytic_flops(arch, H.counts_of(H.masks_at(scores, floor, t))) / full - ratio) for t in cands)
+        best = closest_ratio(arch, H.channel_scores(hyper, mode), H.floors(arch, 0.1, 0.1), ratio)
         if res.reached:
             assert abs(res.ratio - ratio) <= cfg.tolerance
         else:
@@ -190,7 +172,7 @@ def test_fixed_seed_reproduces_configuration():
     arch = H.arch_for(CIFAR)
     out = []
     for seed in (0, 0, 1):
-        hyper = _searched(CIFAR, arch, seed=seed)
+        hyper = searched(CIFAR, arch, seed=seed)
         out.append({m: H.shrink(arch, H.channel_scores(hyper, m, seed=seed), CIFAR) for m in H.SCORES})
     for m in H.SCORES:
         assert out[0][m].counts == out[1][m].counts
@@ -207,7 +189,7 @@ def test_nothing_calls_cuda_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "cuda", boom)
     arch = H.arch_for(CIFAR)
     hyper = H.HyperResNet(arch, 2)
-    H.search(hyper, _data(), CIFAR, batch_size=16, seed=0, device="auto", progress=False)
+    H.search(hyper, tiny_data(), CIFAR, batch_size=16, seed=0, device="auto", progress=False)
     res = H.shrink(arch, H.channel_scores(hyper.eval(), "magnitude"), CIFAR)
     net = H.materialise(hyper, res.masks)
     assert next(net.parameters()).device.type == "cpu"
@@ -215,62 +197,91 @@ def test_nothing_calls_cuda_on_cpu(monkeypatch):
 
 @pytest.mark.parametrize("field,value", [("ratio", 0.0), ("ratio", 1.5), ("ratio", -0.2), ("width_mult", 0.5),
                                          ("remain_percentage", -0.1), ("remain_percentage", 1.2),
-                                         ("linear_percentage", 2.0), ("score", "taylor"), ("depth", 21),
-                                         ("model", "vgg")])
+                                         ("linear_percentage", 2.0), ("score", "taylor"), ("score", ["random", "taylor"]),
+                                         ("depth", 21), ("model", "vgg"), ("seeds", 0), ("epochs", 1.5),
+                                         ("search_batch_size", 0), ("dataset", "mnist")])
 def test_bad_parameters_stop_with_one_clear_message(field, value):
     with pytest.raises(ParamError) as info:
-        H.HeteroConfig(**{field: value})
+        R.Config.from_params({field: value})
     assert info.value.param == field
     assert "\n" not in str(info.value)
 
 
+def test_config_knows_every_notebook_parameter_with_the_same_default():
+    notebook = params.with_defaults("heterogeneity", {})
+    cfg = R.Config.from_params(notebook)
+    assert sorted(R.Config.names()) == sorted(notebook)
+    assert R.Config() == cfg                                     # the notebook's defaults are the config's
+    assert cfg.seed_list == [0, 1] and cfg.modes == list(H.SCORES)
+    assert cfg.recipe.lr == cfg.hetero(10, 32).search_lr == 0.1   # the search uses the training lr, as upstream
+    with pytest.raises(ParamError, match="'width_multiplier'.*not a parameter"):
+        R.Config.from_params({**notebook, "width_multiplier": 2})
+
+
 def test_run_end_to_end_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
-    ds = _data(n=64)
-    recipe = TrainConfig(epochs=1, batch_size=16, lr=0.05, weight_decay=1e-4, device="cpu", progress=False)
-    exp = H.run(CIFAR, recipe, ds, ds, {"dataset": "test"}, seeds=[0], modes=["magnitude", "random"], progress=False)
+    data = TensorData(tiny_data(n=64))
+    cfg = R.Config(depth=8, width_mult=2.0, ratio=0.3, embedding_dim=2, score=["magnitude", "random"], seeds=1,
+                   epochs=1, batch_size=16, lr=0.05, weight_decay=1e-4, device="cpu", progress=False)
+    exp = R.experiment(cfg, data)
     assert list(exp.runs["network"]) == ["baseline", "lw-dna", "lw-dna"]
     assert (exp.runs["flops"] == exp.runs["flops_analytic"]).all()
     lw = exp.runs[exp.runs["network"] == "lw-dna"]
     assert (lw["flops"] < exp.runs["flops"].iloc[0] * 4 * 0.3 + 1e6).all()
-    acc = H.accuracy_table(exp)
-    held, text = H.verdict(acc)
-    assert set(held) == {"magnitude", "random"} and "hypothesis" in text
-    again = H.run(CIFAR, recipe, ds, ds, {"dataset": "test"}, seeds=[0], modes=["magnitude", "random"], progress=False)
-    pd_equal = again.runs.drop(columns=["reached"]).equals(exp.runs.drop(columns=["reached"]))
-    assert pd_equal
-    assert len(H.channel_table(exp)) == len(exp.widened_arch.convs)
-    assert set(H.search_traces(exp)["score"]) == {"magnitude", "random"}
+    acc = R.accuracy_table(exp)
+    assert set(R.held(acc)) == {"magnitude", "random"}
+    # every run cached once, no checkpoint left behind; a second run only reads them
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "hetero").glob("*.pt"))
+    assert names == ["baseline", "lwdna-magnitude", "lwdna-random", "shrunk-magnitude", "shrunk-random"]
+    monkeypatch.setattr(R, "fit", lambda *a, **k: pytest.fail("a cached run was trained again"))
+    monkeypatch.setattr(H, "search", lambda *a, **k: pytest.fail("a cached search was run again"))
+    again = R.experiment(cfg, data)
+    assert again.runs.drop(columns=["reached"]).equals(exp.runs.drop(columns=["reached"]))
+    assert len(R.channel_table(exp)) == len(exp.widened_arch.convs)
+    assert set(R.search_traces(exp)["score"]) == {"magnitude", "random"}
 
 
 def test_torchrun_two_processes_build_the_same_lwdna_as_one(tmp_path, monkeypatch):
-    """The CLI under torchrun (2 CPU processes, gloo) finds the same channel configuration as one process."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    smoke = Path(__file__).resolve().parents[1] / "params" / "heterogeneity.smoke.yaml"
+    """The command line under torchrun (2 CPU processes, gloo) finds the same channel configuration as one process."""
+    smoke = ROOT / "params" / "heterogeneity.smoke.yaml"
     one_param = tmp_path / "one.yaml"
     one_param.write_text(smoke.read_text().replace("score: [magnitude, gradient, random]", "score: [magnitude]"))
     env = {**os.environ, "NETANATOMY_CACHE": str(tmp_path / "ddp"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                           "-m", "netanatomy.hetero", "-f", str(one_param)], env=env, capture_output=True, text=True,
-                          timeout=300)
+                           "-m", "netanatomy", "run", "heterogeneity", "-f", str(one_param)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "magnitude" in done.stdout and "hypothesis" in done.stdout
     monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "single"))
-    assert H.main(["-f", str(one_param)]) == 0
-    for kind in ("baseline-*", "lwdna-magnitude-*"):
-        (ddp,) = (tmp_path / "ddp" / "hetero").glob(f"{kind}/result.pt")
-        (single,) = (tmp_path / "single" / "hetero").glob(f"{kind}/result.pt")
-        assert ddp.parent.name == single.parent.name  # same configuration key
+    assert cli.main(["run", "heterogeneity", "-f", str(one_param)]) == 0
+    for kind in ("baseline-*.pt", "lwdna-magnitude-*.pt"):
+        (ddp,) = (tmp_path / "ddp" / "hetero").glob(kind)
+        (single,) = (tmp_path / "single" / "hetero").glob(kind)
+        assert ddp.name == single.name  # same configuration key
         a, b = (torch.load(p, weights_only=False) for p in (ddp, single))
         assert a["channels"] == b["channels"] and a["flops"] == b["flops"]
 
 
-def test_cli_rejects_unknown_parameter_names(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("epochs: 1\nwidth_multiplier: 2\n")
-    with pytest.raises(ParamError, match="'width_multiplier'.*known parameters"):
-        H.main(["-f", str(bad)])
+@pytest.mark.parametrize("argv,words", [
+    (["run", "heterogeneity", "-p", "width_multiplier", "2"], ["'width_multiplier'", "known parameters"]),
+    (["run", "heterogeneity", "-p", "ratio", "1.5"], ["'ratio'", "(0, 1]"]),
+    (["run", "heterogenity"], ["'notebook'", "registered: heterogeneity"]),
+    (["run", "heterogeneity", "-f", "no/such/file.yaml"], ["no/such/file.yaml", "not found"]),
+])
+def test_cli_stops_with_one_line_before_any_work(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and all(w in err for w in words)
+    assert not (tmp_path / "hetero").exists()
+
+
+def test_cli_reads_the_file_and_overrides_over_the_notebook_defaults(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setitem(cli.STEPS, "heterogeneity", seen.update)
+    pfile = tmp_path / "p.yaml"
+    pfile.write_text("epochs: 3\nscore: [random]\n")
+    assert cli.main(["run", "heterogeneity", "-f", str(pfile), "-p", "epochs", "5", "-p", "device", "cpu",
+                     "-p", "search_batch_size", "None"]) == 0
+    assert seen == {**params.with_defaults("heterogeneity", {}), "epochs": 5, "score": ["random"], "device": "cpu",
+                    "search_batch_size": None}

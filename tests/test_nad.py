@@ -1,17 +1,20 @@
-"""NAD (Hu et al. 2021): planted paths, exact invariants of the search, maps, mosaics and similarity."""
+"""NAD (Hu et al. 2021): planted paths, exact invariants of the search, maps, mosaics and similarity,
+the notebooks' configurations and the cached, resumable search."""
 
-import dataclasses
+import types
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torchvision import transforms as T
 
-from netanatomy import nad
+from helpers.nad import SIZE, G, K, Planted, Tiny, planted_images, planted_tensors, search_config, true_paths
+from netanatomy import cache
+from netanatomy.data import ArrayDataset
 from netanatomy.errors import ParamError
 from netanatomy.hooks import channel_gates
-
-K, G, SIZE = 4, 4, 12     # classes, channels per class group, image size
+from netanatomy.nad import method, run
+from netanatomy.subject import Subject
 
 
 @pytest.fixture(autouse=True)
@@ -23,64 +26,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-class Planted(nn.Module):
-    """Class c lights input channel c; channels G*c..G*c+G-1 of both gated layers respond only to it,
-    and only they feed the logit of class c. The path of class c is therefore exactly its group."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.r1 = nn.Conv2d(K, K * G, 1), nn.ReLU()
-        self.c2, self.r2 = nn.Conv2d(K * G, K * G, 1), nn.ReLU()
-        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(K * G, K)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.zero_()
-            self.c1.bias.fill_(-0.2)
-            for j in range(K * G):
-                self.c1.weight[j, j // G] = 1.0
-                self.c2.weight[j, j] = 1.0
-                self.fc.weight[j // G, j] = 3.0
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.r2(self.c2(self.r1(self.c1(x))))), 1))
-
-
-class Tiny(nn.Module):
-    """A small random CNN with BN (eval mode) for the exact invariants."""
-
-    def __init__(self, classes=K, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.b1 = nn.Sequential(nn.Conv2d(K, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.b2 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1, stride=2), nn.BatchNorm2d(12), nn.ReLU())
-        self.fc = nn.Linear(12, classes)
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.1, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
-
-    def forward(self, x):
-        return self.fc(self.b2(self.b1(x)).mean((2, 3)))
-
-
-def planted_data(n=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(K).repeat_interleave(n)
-    x = torch.rand(K * n, K, SIZE, SIZE, generator=g) * 0.1
-    x[torch.arange(K * n), y] += 1.0
-    return torch.utils.data.TensorDataset(x, y)
-
-
-def cfg(**kw):
-    base = dict(beta=2.0, lr=0.3, epochs=3, batch_size=6, path_epoch=None, progress=False, seed=0)
-    base.update(kw)
-    return nad.SearchConfig(**base)
-
-
 def test_planted_paths_are_recovered():
-    model, ds = Planted(), planted_data()
-    res = nad.search(model, ds, ["r1", "r2"], cfg(epochs=40, lr=0.4, batch_size=12), SIZE)
+    cfg = search_config(epochs=40, lr=0.4, batch_size=12)
+    res = method.search(Planted(), planted_images(), ["r1", "r2"], cfg, SIZE)
     for layer, hard in res.hard().items():
         for c in range(K):
             expected = torch.zeros(K * G, dtype=torch.bool)
@@ -89,15 +37,15 @@ def test_planted_paths_are_recovered():
 
 
 def test_all_ones_gates_reproduce_ungated_outputs_exactly():
-    model, ds = Tiny().eval(), planted_data()
-    x = torch.stack([ds[i][0] for i in range(8)])
+    model = Tiny().eval()
+    x = planted_tensors()[0][:8]
     with torch.no_grad():
         ref = model(x)
         with channel_gates(model, {"b1": torch.ones(8), "b2": torch.ones(len(x), 12)}):
             gated = model(x)
     assert torch.equal(ref, gated)
-    ones = nad.activation_maps(model, x, ["b1", "b2"], {"b1": torch.ones(8), "b2": torch.ones(12)})
-    plain = nad.activation_maps(model, x, ["b1", "b2"], None)
+    ones = method.activation_maps(model, x, ["b1", "b2"], {"b1": torch.ones(8), "b2": torch.ones(12)})
+    plain = method.activation_maps(model, x, ["b1", "b2"], None)
     for name in ones:
         assert torch.equal(ones[name], plain[name])
 
@@ -105,16 +53,14 @@ def test_all_ones_gates_reproduce_ungated_outputs_exactly():
 def test_every_layer_step_has_norm_lr_and_weights_stay_frozen():
     model = Tiny().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ds = planted_data()
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
-    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    x, y = planted_tensors()
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     gen = torch.Generator().manual_seed(1)
     logits = {"b1": torch.randn(K, 8, generator=gen), "b2": torch.randn(K, 12, generator=gen)}
     start = {k: v.clone() for k, v in logits.items()}
-    with nad.frozen(model):
-        stats = nad.search_step(model, ["b1", "b2"], logits, x, y.clone(), y, beta=1.0, lr=0.1)
+    with method.frozen(model):
+        stats = method.search_step(model, ["b1", "b2"], logits, x, y.clone(), y, beta=1.0, lr=0.1)
     for r in range(K):
         has_correct = bool(correct[y == r].any())
         assert bool(stats["stepped"][r]) == has_correct
@@ -136,7 +82,7 @@ def test_search_freezes_weights_and_restores_flags():
 
     model = Spy().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    nad.search(model, planted_data(), ["b1", "b2"], cfg(epochs=1), SIZE)
+    method.search(model, planted_images(), ["b1", "b2"], search_config(epochs=1), SIZE)
     assert Spy.seen and not any(Spy.seen)               # eval mode, no weight requires grad
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
@@ -145,20 +91,20 @@ def test_search_freezes_weights_and_restores_flags():
 
 
 def test_larger_beta_keeps_fewer_channels():
-    model, ds = Tiny(), planted_data()
+    model, images = Tiny(), planted_images()
     kept = []
     for beta in (0.0, 30.0):
-        res = nad.search(model, ds, ["b1", "b2"], cfg(beta=beta, epochs=6), SIZE)
+        res = method.search(model, images, ["b1", "b2"], search_config(beta=beta, epochs=6), SIZE)
         kept.append(sum(int(v.sum()) for v in res.hard().values()))
     assert kept[1] < kept[0]
 
 
 def test_batched_equals_sequential_and_classes_are_independent():
-    model, ds = Tiny(), planted_data()
-    c = cfg(epochs=2)
-    batched = nad.search(model, ds, ["b1", "b2"], c, SIZE, batched=True)
-    sequential = nad.search(model, ds, ["b1", "b2"], c, SIZE, batched=False)
-    alone = nad.search(model, ds, ["b1", "b2"], dataclasses.replace(c, classes=[2]), SIZE)
+    model, images = Tiny(), planted_images()
+    c = search_config(epochs=2)
+    batched = method.search(model, images, ["b1", "b2"], c, SIZE, batched=True)
+    sequential = method.search(model, images, ["b1", "b2"], c, SIZE, batched=False)
+    alone = method.search(model, images, ["b1", "b2"], c.replace(classes=[2]), SIZE)
     assert batched.classes == sequential.classes == list(range(K))
     for name in batched.layers:
         torch.testing.assert_close(batched.logits[name], sequential.logits[name], atol=1e-5, rtol=0)
@@ -169,29 +115,95 @@ def test_batched_equals_sequential_and_classes_are_independent():
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    model, ds = Tiny(), planted_data()
-    c = cfg(epochs=3, path_epoch=2)
-    full = nad.search(model, ds, ["b1", "b2"], c, SIZE)
-    ckpt = tmp_path / "search.ckpt"
-    part = nad.search(model, ds, ["b1", "b2"], c, SIZE, checkpoint=ckpt, stop_after_epoch=1)
-    assert part.meta["epochs_done"] == 1 and ckpt.exists()
-    resumed = nad.search(model, ds, ["b1", "b2"], c, SIZE, checkpoint=ckpt)
+    model, images = Tiny(), planted_images()
+    c = search_config(epochs=3, path_epoch=2)
+    full = method.search(model, images, ["b1", "b2"], c, SIZE)
+    ckpt = cache.Checkpoint(tmp_path / "search.ckpt.pt")
+    part = method.search(model, images, ["b1", "b2"], c, SIZE, checkpoint=ckpt, stop_after_epoch=1)
+    assert part.meta["epochs_done"] == 1 and ckpt.path.exists()
+    resumed = method.search(model, images, ["b1", "b2"], c, SIZE, checkpoint=ckpt)
     for name in full.layers:
         assert torch.equal(full.logits[name], resumed.logits[name])
         assert torch.equal(full.final_logits[name], resumed.final_logits[name])
     assert full.history.equals(resumed.history)
-    saved = resumed.save(tmp_path / "result.pt")
-    loaded = nad.PathResult.load(saved)
-    assert loaded.meta["version"] and loaded.meta["config"]["beta"] == 2.0
-    assert torch.equal(loaded.logits["b1"], resumed.logits["b1"])
+    # the cached form (what run.find_paths stores) gives the result back
+    store = lambda: cache.cached(tmp_path / "result.pt", lambda ck: resumed,  # noqa: E731
+                                 load=method.PathResult.from_dict, dump=method.PathResult.to_dict)
+    store()
+    loaded = store()
+    assert loaded is not resumed and loaded.meta["version"] and loaded.meta["config"]["beta"] == 2.0
+    assert torch.equal(loaded.logits["b1"], resumed.logits["b1"]) and loaded.history.equals(resumed.history)
+
+
+def _rgb_subject(n_per_class: int = 6, size: int = SIZE) -> Subject:
+    """A Tiny RGB net on an in-memory data set of random uint8 images (K classes)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (K * n_per_class, size, size, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(K), n_per_class)
+    mean_std = ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    ds = ArrayDataset(images, labels, [f"c{c}" for c in range(K)], T.Compose([T.ToTensor(), T.Normalize(*mean_std)]))
+    data = types.SimpleNamespace(train=ds, val=ds, classes=ds.classes, input_size=size, dataset="planted",
+                                 mean_std=mean_std, key=lambda: {"dataset": "planted", "n": len(ds)})
+    return Subject("tiny", Tiny(in_channels=3).eval(), data)
+
+
+def test_images_read_raw_pixels_normalised_like_the_data_set():
+    S = _rgb_subject()
+    images = run.Images.of_dataset(S.train_ds, S.data.mean_std)
+    assert images.targets.tolist() == S.train_ds.targets
+    for i in (0, 7, 23):
+        torch.testing.assert_close(images.tile(i, SIZE), S.train_ds[i][0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(images.display(images.tile(i, SIZE)), T.ToTensor()(S.train_ds.images[i]),
+                                   atol=1e-6, rtol=0)
+
+
+def test_find_paths_resumes_an_interrupted_search_then_loads_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    S, layers = _rgb_subject(), ["b1", "b2"]
+    c = search_config(epochs=3, batch_size=4)
+    images = run.Images.of_dataset(S.train_ds, S.data.mean_std)
+    full = method.search(S.model, images, layers, c, SIZE, S.classes)
+    path = run.paths_entry(S, c, layers)
+    method.search(S.model, images, layers, c, SIZE, S.classes, checkpoint=cache.checkpoint_of(path), stop_after_epoch=1)
+    epochs_run = []
+    search = method.search
+    monkeypatch.setattr(method, "search", lambda *a, **kw: epochs_run.append(1) or search(*a, **kw))
+    first = run.find_paths(S, c, layers)
+    second = run.find_paths(S, c, layers)
+    assert epochs_run == [1] and path.is_file() and not cache.checkpoint_of(path).path.exists()
+    for name in layers:
+        assert torch.equal(first.logits[name], full.logits[name])
+        assert torch.equal(second.logits[name], full.logits[name])
+    assert first.history.equals(full.history) and first.meta["epochs_done"] == 3
+
+
+def test_notebook_configs_check_their_parameters():
+    shared = dict(dataset="concept_world", scale="smoke", beta=0.1, lr=0.5, epochs=2, path_epoch=None, batch_size=8,
+                  images_per_class=16, classes=None, seed=0, device="cpu", progress=False, data_root=None)
+    find = run.FindPathConfig.from_params(dict(shared, model="small_vgg", weights=None, sweep_betas=[0.1],
+                                               sweep_classes=[0]))
+    sub = run.SubArchConfig.from_params(dict(shared, model="small_vgg", weights=None, top_k=3, n_random=2))
+    assert find.path_epoch == 2 and find.search_fields() == sub.search_fields()   # nad_subarch reuses the paths
+    assert "sweep_betas" not in find.search_fields() and "scale" not in find.search_fields()
+    hit = run.HitRateConfig.from_params(dict(shared, beta=None, models=["small_vgg", "small_resnet"], weights={},
+                                             n_mosaics=4, mask_rate=0.1, cam_mask_rate=0.05, cam_class=0, legacy=False))
+    assert hit.search_for("small_resnet").beta == run.BUILTIN_BETA["small_resnet"]
+    assert run.beta_for("vgg16", "imagenet", None) == 4.5 and run.beta_for("vgg16", "imagenet", 1.0) == 1.0
+    with pytest.raises(ParamError, match="n_mosaic"):
+        run.FindPathConfig.from_params(dict(shared, n_mosaics=3))
+    with pytest.raises(ParamError, match="weights"):
+        hit.replace(weights={"vgg16": "w.pth"})
+    with pytest.raises(ParamError, match="mask_rate"):
+        hit.replace(mask_rate=0.0)
+    with pytest.raises(ParamError, match="beta"):
+        run.beta_for("alexnet", "imagenet", None)
 
 
 def test_mosaic_tiles_at_exact_offsets():
     n = 3
     y = torch.arange(6).repeat_interleave(n)
     x = torch.arange(len(y), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 5, 5).clone()
-    ds = torch.utils.data.TensorDataset(x, y)
-    mos = nad.make_mosaics(ds, n=7, tile=5, seed=3)
+    mos = method.make_mosaics(run.Images.of_tensors(x, y), n=7, tile=5, seed=3)
     assert mos.images.shape == (7, 3, 10, 10)
     for m in range(7):
         assert len(set(mos.classes[m].tolist())) == 4
@@ -207,10 +219,10 @@ def test_quadrant_shares_and_top_selection():
     cams[1] = 0.0                                          # constant map
     cams[2] = 0.0
     cams[2, :8, 8:] = 1.0                                  # all top pixels in the top-right quadrant
-    sel = nad.select_top(cams, 0.1)
+    sel = method.select_top(cams, 0.1)
     k = round(0.1 * 256)
     torch.testing.assert_close(sel.sum((1, 2)), torch.full((5,), float(k)))
-    shares = nad.quadrant_shares(sel)
+    shares = method.quadrant_shares(sel)
     torch.testing.assert_close(shares.sum(1), torch.ones(5))
     torch.testing.assert_close(shares[1], torch.full((4,), 0.25))
     torch.testing.assert_close(shares[2], torch.tensor([0.0, 1.0, 0.0, 0.0]))
@@ -219,22 +231,18 @@ def test_quadrant_shares_and_top_selection():
     assert torch.equal(sel[0].flatten().nonzero().flatten().sort().values, top.sort().values)
     # legacy: uint8 quantisation and the strict '>' rule
     ramp = torch.linspace(0, 1, 100).view(1, 10, 10)
-    legacy = nad._legacy_select(ramp, (10, 10), 0.1, 100)
+    legacy = method.legacy_select(ramp, (10, 10), 0.1, 100)
     assert int(legacy.sum()) == 9                          # strictly above the 10th largest value
 
 
 def test_hit_rates_planted_paths_hit_their_quadrant():
-    model, ds = Planted(), planted_data(n=4)
-    true_logits = {name: -torch.ones(K, K * G) for name in ("r1", "r2")}
-    for name in true_logits:
-        for c in range(K):
-            true_logits[name][c, G * c:G * (c + 1)] = 1.0
-    res = nad.PathResult(["r1", "r2"], list(range(K)), [str(c) for c in range(K)], true_logits, true_logits,
-                         None, {})
-    mos = nad.make_mosaics(ds, n=6, tile=SIZE, seed=0)
-    hits = nad.summarize_hits(nad.hit_rates(model, res, mos, progress=False))
-    assert np.allclose(hits["mean"], 1.0)
-    control = nad.summarize_hits(nad.hit_rates(model, nad.random_paths(res, seed=1), mos, progress=False))
+    model, images, res = Planted(), planted_images(n=4), true_paths()
+    mos = method.make_mosaics(images, n=6, tile=SIZE, seed=0)
+    label = dict(model="planted", paths="learned")
+    hits = run.hit_summary(method.hit_rates(model, res, mos, progress=False).assign(**label))
+    assert np.allclose(hits["mean"], 1.0) and (hits["n_mosaics"] == 6).all()
+    control = method.hit_rates(model, run.random_paths(res, seed=1), mos, progress=False)
+    control = run.hit_summary(control.assign(**label))
     assert (control["mean"] < 0.9).all()
 
 
@@ -243,8 +251,8 @@ def test_iou_matrix_properties():
     logits = {"a": torch.randn(6, 10, generator=g), "b": torch.randn(6, 7, generator=g)}
     logits["a"][5] = -1.0                                   # an empty layer path
     logits["a"][4] = -1.0
-    res = nad.PathResult(["a", "b"], list(range(6)), [str(c) for c in range(6)], logits, logits, None, {})
-    sim = nad.iou_matrix(res)
+    res = method.PathResult(["a", "b"], list(range(6)), [str(c) for c in range(6)], logits, logits, None, {})
+    sim = method.iou_matrix(res)
     assert np.allclose(sim, sim.T) and (sim >= 0).all() and (sim <= 1).all()
     assert np.allclose(np.diag(sim), 1.0)
     ha = logits["a"][0] > 0
@@ -253,14 +261,14 @@ def test_iou_matrix_properties():
     ha, hb = logits["b"][0] > 0, logits["b"][1] > 0
     iou_b = (ha & hb).sum().item() / (ha | hb).sum().item()
     assert sim[0, 1] == pytest.approx((iou_a + iou_b) / 2)
-    top = nad.top_similar(sim, 3)
+    top = method.top_similar(sim, 3)
     assert top.shape == (6, 3) and all(r not in top[r] for r in range(6))
 
 
 def test_bad_parameters_raise_param_error():
     with pytest.raises(ParamError, match="beta"):
-        nad.SearchConfig(beta=-1.0)
+        method.SearchConfig(beta=-1.0)
     with pytest.raises(ParamError, match="path_epoch"):
-        nad.SearchConfig(epochs=3, path_epoch=5)
+        method.SearchConfig(epochs=3, path_epoch=5)
     with pytest.raises(ParamError, match="classes"):
-        nad.search(Tiny(), planted_data(), ["b1"], cfg(classes=[9]), SIZE)
+        method.search(Tiny(), planted_images(), ["b1"], search_config(classes=[9]), SIZE)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from netanatomy import models
+from netanatomy.cache import Checkpoint
 from netanatomy.errors import ParamError
 from netanatomy.train import TrainConfig, TrainingDiverged, evaluate, fit
 
@@ -32,14 +33,14 @@ def test_resume_is_exact(tmp_path):
     torch.manual_seed(0)
     interrupted = models.build("small_vgg", 4, width_mult=0.25)
     interrupted.load_state_dict(straight.state_dict())
-    h1 = fit(straight, ds, ds, CFG, out_dir=tmp_path / "a")
-    fit(interrupted, ds, ds, CFG, out_dir=tmp_path / "b", stop_after_epoch=1)
+    h1 = fit(straight, ds, ds, CFG, checkpoint=Checkpoint(tmp_path / "a.pt"))
+    fit(interrupted, ds, ds, CFG, checkpoint=Checkpoint(tmp_path / "b.pt"), stop_after_epoch=1)
     resumed = models.build("small_vgg", 4, width_mult=0.25)  # fresh weights: all state comes from the checkpoint
-    h2 = fit(resumed, ds, ds, CFG, out_dir=tmp_path / "b")
+    h2 = fit(resumed, ds, ds, CFG, checkpoint=Checkpoint(tmp_path / "b.pt"))
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert h1["train_loss"].tolist() == h2["train_loss"].tolist()
-    assert (tmp_path / "b" / "history.csv").read_text().count("\n") == 3
+    assert len(torch.load(tmp_path / "b.pt", weights_only=False)["history"]) == 2
 
 
 def test_training_learns_and_evaluate():

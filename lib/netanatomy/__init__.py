@@ -7,8 +7,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("errors", "runtime", "world", "data", "models", "hooks", "stats", "train", "zoo", "params",
-            "plots", "report", "reproduce", "nad", "decompose", "broden", "dissect", "dka", "hetero")
+_MODULES = ("errors", "runtime", "config", "cache", "world", "data", "broden", "models", "hooks", "stats", "train",
+            "zoo", "subject", "streaming", "params", "plots", "report", "reproduce", "cli", "nad", "decompose", "dissect",
+            "dka", "hetero")
 
 
 def __getattr__(name: str):

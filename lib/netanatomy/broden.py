@@ -16,8 +16,9 @@ label number of each pixel as ``R + 256 * G`` (0 = unlabeled). Label numbers are
 all categories; each label's *primary* category is the one in which its coverage is largest.
 
 `BrodenDataset` reads real Broden (broden1_224, broden1_227) and the exported concept world
-through the same code. `export_world` writes the concept world in this layout: object, part,
-colour and material as pixel maps, scene and (dominant background) texture as whole-image labels.
+through the same code. `write_broden` writes arrays in this layout; `export_world` writes the
+concept world in it (cached): object, part, colour and material as pixel maps, scene and
+(dominant background) texture as whole-image labels.
 The world's label numbers are laid out in blocks of 100 per category (colour 1-13, object
 101-106, part 201-206, material 301-309, scene 401-410, texture 501-505) so material PNGs
 exercise the G channel (ids above 255).
@@ -38,11 +39,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
+from .cache import cached_folder
 from .errors import DataError, ParamError
-from .runtime import atomic_write_json, cache_dir, cache_key, resolve_path
-from .world import fingerprint as world_fingerprint
+from .runtime import atomic_write_json, cache_key, resolve_path
+from .world import WorldConfig, fingerprint as world_fingerprint, generate, vocabulary
 
 #: Broden's category order (the order of the columns of index.csv and of tally.csv).
 BRODEN_CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -60,9 +63,10 @@ WORLD_LAYOUT = {
     "scene": (401, False, "-s"),
     "texture": (501, False, ""),
 }
-#: Marker written last into an export; its presence (with a matching key) means the export is complete.
+#: What a folder holds (source, split, world), written last by `write_broden` when given.
 MARKER = ".netanatomy_broden.json"
-BRODEN_VERSION = 1
+#: 2: world exports are built through `netanatomy.cache.cached_folder` (which marks them itself).
+BRODEN_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- label PNG codec
@@ -103,8 +107,6 @@ def _downsample_nearest(mask: np.ndarray, sh: int, sw: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- writer (concept world)
 
 def _world_labels() -> dict[str, list[tuple[int, str]]]:
-    from .world import vocabulary
-
     vocab = vocabulary()
     out = {}
     for cat, (first, _pixel, suffix) in WORLD_LAYOUT.items():
@@ -112,7 +114,8 @@ def _world_labels() -> dict[str, list[tuple[int, str]]]:
     return out
 
 
-def _world_key(world_cfg, split: str) -> str:
+def world_key(world_cfg: WorldConfig, split: str) -> str:
+    """What identifies an export of the world `world_cfg`'s `split` (format version, world, layout)."""
     return cache_key(broden_version=BRODEN_VERSION, world=world_fingerprint(world_cfg), split=split,
                      layout={k: list(v) for k, v in WORLD_LAYOUT.items()})
 
@@ -135,85 +138,15 @@ def write_broden(root: str | Path, images: np.ndarray, labels: dict[str, list[tu
     (default half the image size); `image_labels` {category: (N,) label numbers, 0 = none}.
     Label statistics (frequency = images holding the label, coverage = summed pixel fraction, a
     whole-image label counting 1) are computed from the data. Written in a temporary folder and
-    renamed into place; `marker` (a dict) is written last as the completeness marker.
+    renamed into place; `marker` (a dict) is written last, describing the content.
     """
-    from PIL import Image
-
-    pixel_maps, image_labels = dict(pixel_maps or {}), dict(image_labels or {})
     root = Path(root)
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ParamError("images", f"need (N, H, W, 3) uint8 images, got {images.dtype} {images.shape}")
-    n, ih, iw = images.shape[:3]
-    if n == 0:
-        raise ParamError("images", "no images to write")
-    sh, sw = seg_shape or (seg_size(ih), seg_size(iw))
-    cats = list(labels)
-    for cat in list(pixel_maps) + list(image_labels):
-        if cat not in labels:
-            raise ParamError("labels", f"category {cat!r} has data but no label list")
-    known = {num for labs in labels.values() for num, _ in labs}
     if root.exists() and any(root.iterdir()):
         raise DataError(root, "exists and is not empty", expected="a new or empty folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     try:
-        (tmp / "images" / prefix).mkdir(parents=True)
-        small = {cat: _downsample_nearest(np.asarray(m), sh, sw).astype(np.int64) for cat, m in pixel_maps.items()}
-        for cat, m in small.items():
-            bad = set(np.unique(m).tolist()) - known - {0}
-            if bad:
-                raise ParamError("pixel_maps", f"category {cat!r} holds label number(s) {sorted(bad)[:5]} "
-                                               f"that are not in `labels`")
-        freq: dict[int, int] = {}
-        cover: dict[int, float] = {}
-        cat_freq = {cat: 0 for cat in cats}
-        rows = []
-        for i in tqdm(range(n), desc="write Broden", disable=not progress, leave=False):
-            name = f"{prefix}/{split}_{i:06d}"
-            Image.fromarray(images[i]).save(tmp / "images" / f"{name}.png", compress_level=1)
-            row = {"image": f"{name}.png", "split": split, "ih": ih, "iw": iw, "sh": sh, "sw": sw}
-            for cat in cats:
-                row[cat] = ""
-                if cat in small:
-                    number = small[cat][i]
-                    if number.any():
-                        Image.fromarray(encode_labels(number)).save(tmp / "images" / f"{name}_{cat}.png",
-                                                                    compress_level=1)
-                        row[cat] = f"{name}_{cat}.png"
-                        ids, counts = np.unique(number[number > 0], return_counts=True)
-                        for lab, cnt in zip(ids.tolist(), counts.tolist()):
-                            freq[lab] = freq.get(lab, 0) + 1
-                            cover[lab] = cover.get(lab, 0.0) + cnt / (sh * sw)
-                if cat in image_labels:
-                    lab = int(image_labels[cat][i])
-                    if lab > 0:
-                        if lab not in known:
-                            raise ParamError("image_labels", f"category {cat!r}, image {i}: label number "
-                                                             f"{lab} is not in `labels`")
-                        row[cat] = ";".join(filter(None, [row[cat], str(lab)]))
-                        freq[lab] = freq.get(lab, 0) + 1
-                        cover[lab] = cover.get(lab, 0.0) + 1.0
-                cat_freq[cat] += bool(row[cat])
-            rows.append(row)
-        pd.DataFrame(rows, columns=list(INDEX_FIELDS) + cats).to_csv(tmp / "index.csv", index=False)
-        label_rows, cat_rows = [], []
-        for cat, labs in labels.items():
-            code_rows = []
-            for code, (number, lname) in enumerate(labs, start=1):
-                f, c = freq.get(number, 0), round(cover.get(number, 0.0), 4)
-                label_rows.append({"number": number, "name": lname, "category": f"{cat}({code})",
-                                   "frequency": f, "coverage": c, "syns": ""})
-                code_rows.append({"code": code, "number": number, "name": lname, "frequency": f, "coverage": c})
-            pd.DataFrame(code_rows, columns=CODE_FIELDS).to_csv(tmp / f"c_{cat}.csv", index=False)
-            numbers = [num for num, _ in labs]
-            cat_rows.append({"name": cat, "first": min(numbers) if numbers else 0,
-                             "last": max(numbers) if numbers else 0, "count": len(labs), "frequency": cat_freq[cat]})
-        label_df = pd.DataFrame(label_rows, columns=LABEL_FIELDS).sort_values("number", kind="stable")
-        label_df.to_csv(tmp / "label.csv", index=False)
-        pd.DataFrame(cat_rows, columns=CATEGORY_FIELDS).to_csv(tmp / "category.csv", index=False)
-        if marker is not None:
-            atomic_write_json(tmp / MARKER, marker)
+        _write_files(tmp, images, labels, pixel_maps, image_labels, split, seg_shape, marker, prefix, progress)
         if root.exists():
             root.rmdir()
         os.replace(tmp, root)
@@ -223,65 +156,126 @@ def write_broden(root: str | Path, images: np.ndarray, labels: dict[str, list[tu
     return root
 
 
-def export_world(world_cfg=None, root: str | Path = "broden_world", split: str = "val",
+def _write_files(folder: Path, images, labels, pixel_maps, image_labels, split, seg_shape, marker, prefix,
+                 progress) -> None:
+    """`write_broden`'s files, written into the existing empty `folder`."""
+    pixel_maps, image_labels = dict(pixel_maps or {}), dict(image_labels or {})
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ParamError("images", f"need (N, H, W, 3) uint8 images, got {images.dtype} {images.shape}")
+    if len(images) == 0:
+        raise ParamError("images", "no images to write")
+    sh, sw = seg_shape or (seg_size(images.shape[1]), seg_size(images.shape[2]))
+    for cat in list(pixel_maps) + list(image_labels):
+        if cat not in labels:
+            raise ParamError("labels", f"category {cat!r} has data but no label list")
+    known = {num for labs in labels.values() for num, _ in labs}
+    small = {cat: _downsample_nearest(np.asarray(m), sh, sw).astype(np.int64) for cat, m in pixel_maps.items()}
+    for cat, m in small.items():
+        bad = set(np.unique(m).tolist()) - known - {0}
+        if bad:
+            raise ParamError("pixel_maps", f"category {cat!r} holds label number(s) {sorted(bad)[:5]} "
+                                           f"that are not in `labels`")
+    for cat, lab in image_labels.items():
+        bad = set(np.unique(np.asarray(lab)).tolist()) - known - {0}
+        if bad:
+            raise ParamError("image_labels", f"category {cat!r} holds label number(s) {sorted(bad)[:5]} "
+                                             f"that are not in `labels`")
+    (folder / "images" / prefix).mkdir(parents=True)
+    freq, cover, cat_freq = _write_images(folder, images, list(labels), small, image_labels, (sh, sw), split,
+                                          prefix, progress)
+    _write_label_tables(folder, labels, freq, cover, cat_freq)
+    if marker is not None:
+        atomic_write_json(folder / MARKER, marker)
+
+
+def _write_images(folder: Path, images: np.ndarray, cats: list[str], small: dict, image_labels: dict,
+                  seg_shape: tuple[int, int], split: str, prefix: str, progress: bool) -> tuple[dict, dict, dict]:
+    """Images, segmentation PNGs and index.csv; returns per-label (frequency, coverage) and per-category frequency."""
+    n, ih, iw = images.shape[:3]
+    sh, sw = seg_shape
+    freq: dict[int, int] = {}
+    cover: dict[int, float] = {}
+    cat_freq = {cat: 0 for cat in cats}
+    rows = []
+    for i in tqdm(range(n), desc="write Broden", disable=not progress, leave=False):
+        name = f"{prefix}/{split}_{i:06d}"
+        Image.fromarray(images[i]).save(folder / "images" / f"{name}.png", compress_level=1)
+        row = {"image": f"{name}.png", "split": split, "ih": ih, "iw": iw, "sh": sh, "sw": sw}
+        for cat in cats:
+            row[cat] = ""
+            if cat in small and small[cat][i].any():
+                number = small[cat][i]
+                Image.fromarray(encode_labels(number)).save(folder / "images" / f"{name}_{cat}.png",
+                                                            compress_level=1)
+                row[cat] = f"{name}_{cat}.png"
+                ids, counts = np.unique(number[number > 0], return_counts=True)
+                for lab, cnt in zip(ids.tolist(), counts.tolist()):
+                    freq[lab] = freq.get(lab, 0) + 1
+                    cover[lab] = cover.get(lab, 0.0) + cnt / (sh * sw)
+            lab = int(image_labels[cat][i]) if cat in image_labels else 0
+            if lab > 0:
+                row[cat] = ";".join(filter(None, [row[cat], str(lab)]))
+                freq[lab] = freq.get(lab, 0) + 1
+                cover[lab] = cover.get(lab, 0.0) + 1.0
+            cat_freq[cat] += bool(row[cat])
+        rows.append(row)
+    pd.DataFrame(rows, columns=list(INDEX_FIELDS) + cats).to_csv(folder / "index.csv", index=False)
+    return freq, cover, cat_freq
+
+
+def _write_label_tables(folder: Path, labels: dict[str, list[tuple[int, str]]], freq: dict, cover: dict,
+                        cat_freq: dict) -> None:
+    """label.csv, c_<cat>.csv and category.csv from the label lists and their statistics."""
+    label_rows, cat_rows = [], []
+    for cat, labs in labels.items():
+        code_rows = []
+        for code, (number, lname) in enumerate(labs, start=1):
+            f, c = freq.get(number, 0), round(cover.get(number, 0.0), 4)
+            label_rows.append({"number": number, "name": lname, "category": f"{cat}({code})",
+                               "frequency": f, "coverage": c, "syns": ""})
+            code_rows.append({"code": code, "number": number, "name": lname, "frequency": f, "coverage": c})
+        pd.DataFrame(code_rows, columns=CODE_FIELDS).to_csv(folder / f"c_{cat}.csv", index=False)
+        numbers = [num for num, _ in labs]
+        cat_rows.append({"name": cat, "first": min(numbers) if numbers else 0,
+                         "last": max(numbers) if numbers else 0, "count": len(labs), "frequency": cat_freq[cat]})
+    label_df = pd.DataFrame(label_rows, columns=LABEL_FIELDS).sort_values("number", kind="stable")
+    label_df.to_csv(folder / "label.csv", index=False)
+    pd.DataFrame(cat_rows, columns=CATEGORY_FIELDS).to_csv(folder / "category.csv", index=False)
+
+
+def export_world(world_cfg: WorldConfig | None = None, root: str | Path = "broden_world", split: str = "val",
                  progress: bool = True) -> Path:
     """Write one split of the concept world as a Broden folder at `root`; return `root`.
 
-    Idempotent and cached: a `root` that already holds a complete export of the same
-    configuration and split is returned untouched; an export of another configuration is
-    replaced; a non-empty folder not written by this function is refused (DataError). The export
-    is written to a temporary folder beside `root` and renamed into place, so it is complete or absent.
-    Object, part, colour and material are pixel maps at half the image size; scene and the
-    dominant background texture are whole-image labels (`WORLD_LAYOUT` gives the label numbers).
+    Idempotent and cached (`netanatomy.cache.cached_folder`): a `root` that already holds an
+    export of the same configuration and split is returned untouched; an export of another
+    configuration is replaced; a non-empty folder not written by netanatomy is refused
+    (DataError). The export is built beside `root` and renamed into place, so it is complete or
+    absent. Object, part, colour and material are pixel maps at half the image size; scene and
+    the dominant background texture are whole-image labels (`WORLD_LAYOUT` gives the numbers).
     """
-    from .world import WorldConfig, generate
-
     world_cfg = WorldConfig() if world_cfg is None else world_cfg
     if not isinstance(world_cfg, WorldConfig):
         raise ParamError("world", f"expected a WorldConfig, got {type(world_cfg).__name__}")
     root = Path(root)
-    key = _world_key(world_cfg, split)
-    old = None
-    if root.exists():
-        marker = _read_marker(root)
-        if marker is not None and marker.get("key") == key:
-            return root
-        if marker is None and any(root.iterdir()):
-            raise DataError(root, "exists, is not empty and was not written by export_world; remove it or "
-                                  "pick another root", expected="an empty or new folder")
-        if marker is not None:  # an export of another configuration: move it aside, replace it
-            old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
-            os.replace(root, old / "x")
-    data = generate(world_cfg, split, progress=progress, with_masks=True)
-    if len(data) == 0:
-        raise ParamError("split", f"the world's {split!r} split is empty (n_{split}=0)")
-    pixel_maps, image_labels = {}, {}
-    for cat, (first, pixel, _suffix) in WORLD_LAYOUT.items():
-        if pixel:
-            local = data.masks[cat].astype(np.int64)
-            pixel_maps[cat] = np.where(local > 0, local + first - 1, 0)
-        else:
-            local = data.image_labels[cat].astype(np.int64)
-            image_labels[cat] = np.where(local > 0, local + first - 1, 0)
-    marker = {"key": key, "source": "concept_world", "split": split, "n": len(data),
-              "world": dataclasses.asdict(world_cfg), "normalize": "world"}
-    try:
-        write_broden(root, data.images, _world_labels(), pixel_maps, image_labels, split=split,
-                     marker=marker, prefix="world", progress=progress)
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return root
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()  # an empty folder is as good as none
 
+    def build(folder: Path) -> None:
+        data = generate(world_cfg, split, progress=progress, with_masks=True)
+        if len(data) == 0:
+            raise ParamError("split", f"the world's {split!r} split is empty (n_{split}=0)")
+        pixel_maps, image_labels = {}, {}
+        for cat, (first, pixel, _suffix) in WORLD_LAYOUT.items():
+            local = (data.masks[cat] if pixel else data.image_labels[cat]).astype(np.int64)
+            (pixel_maps if pixel else image_labels)[cat] = np.where(local > 0, local + first - 1, 0)
+        marker = {"source": "concept_world", "split": split, "n": len(data), "world": dataclasses.asdict(world_cfg),
+                  "normalize": "world"}
+        _write_files(folder, data.images, _world_labels(), pixel_maps, image_labels, split, None, marker, "world",
+                     progress)
 
-def default_root(scale: str = "default", progress: bool = True) -> Path:
-    """The concept world of a zoo scale ('default', 'smoke') exported as Broden (val split); exported on first use."""
-    from . import zoo
-
-    world_cfg = zoo.world_for(scale)
-    key = _world_key(world_cfg, "val")
-    root = cache_dir("broden") / f"world-val-{world_cfg.image_size}px-{key}"
-    return export_world(world_cfg, root, split="val", progress=progress)
+    return cached_folder(root, world_key(world_cfg, split), build)
 
 
 def is_world_export(root: str | Path) -> bool:
@@ -451,52 +445,64 @@ class BrodenDataset(torch.utils.data.Dataset):
             if tuple(header[:6]) != INDEX_FIELDS:
                 raise DataError(path, f"header starts {','.join(header[:6])!r}",
                                 expected="image,split,ih,iw,sh,sw,<category columns>")
-            columns = header[6:]
-            unknown = [c for c in columns if c not in self.all_category_names]
-            if unknown:
-                raise DataError(path, f"column {unknown[0]!r} is not a category of category.csv",
-                                expected=f"columns among {', '.join(self.all_category_names)}")
-            if categories is None:
-                chosen = [c for c in self.all_category_names if c in columns]
-            else:
-                chosen = list(dict.fromkeys(categories))
-                bad = [c for c in chosen if c not in columns]
-                if bad:
-                    raise ParamError("categories", f"{bad[0]!r} is not a category of {self.root}; "
-                                                   f"available: {', '.join(columns)}")
-                if not chosen:
-                    raise ParamError("categories", "no categories given")
-            self.category_names = chosen
-            rows: list[IndexRow] = []
-            for r, fields in enumerate(reader, start=2):
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                if len(fields) != len(header):
-                    raise DataError(path, f"row {r}: has {len(fields)} fields where the header has {len(header)}",
-                                    expected=f"{len(header)} comma-separated fields")
-                rec = dict(zip(header, fields))
-                if split is not None and rec["split"] != split:
-                    continue
-                sizes = [_int(rec[k], path, r, k) for k in ("ih", "iw", "sh", "sw")]
-                if min(sizes) <= 0:
-                    raise DataError(path, f"row {r}: sizes ih,iw,sh,sw must be positive, got {sizes}")
-                pixels: dict[str, list[str]] = {}
-                scalars: dict[str, list[int]] = {}
-                for cat in chosen:
-                    for item in filter(None, (t.strip() for t in rec[cat].split(";"))):
-                        if re.fullmatch(r"-?\d+", item):
-                            scalars.setdefault(cat, []).append(int(item))
-                        elif item.lower().endswith(".png"):
-                            pixels.setdefault(cat, []).append(item)
-                        else:
-                            raise DataError(path, f"row {r}, column {cat!r}: item {item!r} is neither a PNG "
-                                                  f"path nor an integer label")
-                rows.append(IndexRow(r, rec["image"].strip(), rec["split"], *sizes, pixels, scalars))
+            self.category_names = self._choose_categories(header[6:], categories)
+            rows = [row for r, fields in enumerate(reader, start=2)
+                    if (row := self._parse_row(path, r, header, fields, split)) is not None]
         if not rows:
             what = f"no rows of split {split!r}" if split is not None else "no image rows"
             raise DataError(path, f"has {what}", expected="at least one image")
         self.rows = rows
-        # compact label space restricted to the chosen categories (by primary category)
+        self._index_labels()
+        sizes = {(r.sh, r.sw) for r in rows}
+        self.seg_shape = sorted(sizes)[0] if len(sizes) == 1 else None
+
+    def _choose_categories(self, columns: list[str], categories: Sequence[str] | None) -> list[str]:
+        """The categories to use: `categories` (checked against index.csv's columns) or all of them."""
+        unknown = [c for c in columns if c not in self.all_category_names]
+        if unknown:
+            raise DataError(self.root / "index.csv", f"column {unknown[0]!r} is not a category of category.csv",
+                            expected=f"columns among {', '.join(self.all_category_names)}")
+        if categories is None:
+            return [c for c in self.all_category_names if c in columns]
+        chosen = list(dict.fromkeys(categories))
+        bad = [c for c in chosen if c not in columns]
+        if bad:
+            raise ParamError("categories", f"{bad[0]!r} is not a category of {self.root}; "
+                                           f"available: {', '.join(columns)}")
+        if not chosen:
+            raise ParamError("categories", "no categories given")
+        return chosen
+
+    def _parse_row(self, path: Path, r: int, header: list[str], fields: list[str],
+                   split: str | None) -> IndexRow | None:
+        """Row `r` of index.csv (None: blank or of another split)."""
+        if not fields or all(not f.strip() for f in fields):
+            return None
+        if len(fields) != len(header):
+            raise DataError(path, f"row {r}: has {len(fields)} fields where the header has {len(header)}",
+                            expected=f"{len(header)} comma-separated fields")
+        rec = dict(zip(header, fields))
+        if split is not None and rec["split"] != split:
+            return None
+        sizes = [_int(rec[k], path, r, k) for k in ("ih", "iw", "sh", "sw")]
+        if min(sizes) <= 0:
+            raise DataError(path, f"row {r}: sizes ih,iw,sh,sw must be positive, got {sizes}")
+        pixels: dict[str, list[str]] = {}
+        scalars: dict[str, list[int]] = {}
+        for cat in self.category_names:
+            for item in filter(None, (t.strip() for t in rec[cat].split(";"))):
+                if re.fullmatch(r"-?\d+", item):
+                    scalars.setdefault(cat, []).append(int(item))
+                elif item.lower().endswith(".png"):
+                    pixels.setdefault(cat, []).append(item)
+                else:
+                    raise DataError(path, f"row {r}, column {cat!r}: item {item!r} is neither a PNG "
+                                          f"path nor an integer label")
+        return IndexRow(r, rec["image"].strip(), rec["split"], *sizes, pixels, scalars)
+
+    def _index_labels(self) -> None:
+        """The compact label space of the chosen categories (by primary category)."""
+        chosen = self.category_names
         labels = self.all_labels[self.all_labels["category"].isin(chosen)].reset_index(drop=True)
         self.labels = labels[["number", "name", "category", "frequency", "coverage"]].copy()
         self._number_to_index = np.zeros(int(self.all_labels["number"].max()) + 1, np.int64)
@@ -508,8 +514,6 @@ class BrodenDataset(torch.utils.data.Dataset):
         #: (labels + 1, categories) one-hot of each label index's primary category (row 0 = unlabeled)
         self.labelcat = np.zeros((len(labels) + 1, len(chosen)), np.float32)
         self.labelcat[np.arange(1, len(labels) + 1), cat_of] = 1.0
-        sizes = {(r.sh, r.sw) for r in rows}
-        self.seg_shape = sorted(sizes)[0] if len(sizes) == 1 else None
 
     # -- sizes
     def __len__(self) -> int:
@@ -542,8 +546,6 @@ class BrodenDataset(torch.utils.data.Dataset):
 
     def load_image(self, i: int) -> np.ndarray:
         """Image i as uint8 (H, W, 3) RGB."""
-        from PIL import Image
-
         path = self.image_path(i)
         if not path.is_file():
             raise DataError(path, f"image of row {self.rows[i].row} of index.csv not found")
@@ -552,8 +554,6 @@ class BrodenDataset(torch.utils.data.Dataset):
 
     def load_segmentation(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(seg int64 (L, sh, sw) of compact label indices, scalars int64 (S,) of compact label indices)."""
-        from PIL import Image
-
         r = self.rows[i]
         layers = []
         for cat, items in r.pixels.items():
@@ -584,11 +584,17 @@ class BrodenDataset(torch.utils.data.Dataset):
                 f"categories={self.category_names})")
 
 
+def stack_images(images: Sequence[np.ndarray]) -> torch.Tensor | list[torch.Tensor]:
+    """uint8 (H, W, 3) images as one (B, H, W, 3) tensor when of one size, else as a list of tensors."""
+    if len({im.shape for im in images}) == 1:
+        return torch.from_numpy(np.stack(images))
+    return [torch.from_numpy(im) for im in images]
+
+
 def collate(items):
     """Batch Broden items: images stacked when of one size (else a list), segs padded to the most layers."""
     images, segs, scalars, idx = zip(*items)
-    shapes = {im.shape for im in images}
-    imgs = torch.from_numpy(np.stack(images)) if len(shapes) == 1 else [torch.from_numpy(im) for im in images]
+    imgs = stack_images(images)
     seg_shapes = {s.shape[1:] for s in segs}
     if len(seg_shapes) != 1:
         raise DataError("index.csv", f"a batch mixes segmentation sizes {sorted(seg_shapes)}",

@@ -8,27 +8,37 @@ Nothing is downloaded: real data sets are read from folders the user supplies.
   order), converting any image mode to RGB.
 - `refolder_places365_val` turns Places365's flat validation folder into that layout.
 - `cifar10(root, split)` reads the python-pickle ``cifar-10-batches-py`` folder;
-  `cifar10_npz(path)` reads the shared ``cifar10_test_first1000.npz`` subset.
+  `cifar10_npz(path)` reads the shared ``cifar10_test_first1000.npz`` subset;
+  `cifar10_jpeg(path, split)` reads CIFAR-10 as JPEG files from a tar archive (decoded once, cached).
+- `raw_image(ds, i)` is item i's image before any transform.
 - `make_loader` builds a DataLoader with a seeded order; `split_indices` and `Subset` split one
   data set into fit and evaluation parts.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
 import os
 import pickle
+import random
 import shutil
-import tempfile
+import tarfile
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+from tqdm.auto import tqdm
 
+from . import world as _world_module
+from .cache import cached, cached_folder, entry as cache_entry
 from .errors import DataError, ParamError
-from .runtime import atomic_write_json, cache_key, resolve_path
+from .runtime import cache_key, resolve_path
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -38,31 +48,40 @@ CIFAR10_STD: tuple[float, float, float] = (0.247, 0.243, 0.261)
 PLACES365_MEAN, PLACES365_STD = IMAGENET_MEAN, IMAGENET_STD
 
 
-def _world():
-    from . import world
-    return world
-
-
 #: Data sets `get_dataset` knows.
-DATASETS: tuple[str, ...] = ("concept_world", "imagenet", "places365", "cifar10", "imagefolder")
+DATASETS: tuple[str, ...] = ("concept_world", "imagenet", "places365", "cifar10", "cifar10_jpeg", "imagefolder")
 IMAGE_FOLDER_LAYOUT = "root/<split>/<class>/*.jpg (class index = sorted folder order)"
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                  "test_batch", "batches.meta")
 
 
+CIFAR10_JPEG_LAYOUT = "a .tar.gz holding train/<class>/NNNN.jpg and test/<class>/NNNN.jpg (CIFAR-10 as JPEG)"
+#: sha256 of the archives we know by name: a file of this name with another checksum is damaged.
+KNOWN_SHA256 = {"cifar10_jpeg.tar.gz": "45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"}
+
+
+def layout(dataset: str) -> str:
+    """The folder or file layout a real data set's root must have."""
+    return {"cifar10": "a cifar-10-batches-py folder or a cifar10 .npz file",
+            "cifar10_jpeg": CIFAR10_JPEG_LAYOUT}.get(dataset, IMAGE_FOLDER_LAYOUT)
+
+
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of a data set name: imagenet, places365, cifar10, concept_world (or world)."""
     table = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "places365": (PLACES365_MEAN, PLACES365_STD),
-             "imagefolder": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
+             "imagefolder": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+             "cifar10_jpeg": (CIFAR10_MEAN, CIFAR10_STD)}
     if name in ("concept_world", "world"):
-        return tuple(_world().MEAN), tuple(_world().STD)
+        return tuple(_world_module.MEAN), tuple(_world_module.STD)
     if name not in table:
         raise ParamError("normalize", f"unknown normalisation {name!r}; use one of "
                                       f"{sorted(table) + ['concept_world']} or a (mean, std) pair")
     return table[name]
 
 
-def _resolve_normalize(dataset: str, normalize) -> tuple | None:
+def resolve_normalize(dataset: str, normalize) -> tuple | None:
+    """(mean, std) for a `normalize` parameter: None/True = the data set's own, False = none, a
+    data-set name, or a (mean, std) pair."""
     if normalize is None or normalize is True:
         return normalization(dataset)
     if normalize is False:
@@ -89,8 +108,6 @@ def transforms_for(dataset: str, train: bool, image_size: int | None = None, nor
     one adds a Resize. Then ToTensor and Normalize with the data set's mean/std, or with
     `normalize`: a data-set name ('imagenet', 'cifar10', ...), a (mean, std) pair, or False (none).
     """
-    from torchvision import transforms as T
-
     if dataset not in DATASETS:
         raise ParamError("dataset", f"unknown data set {dataset!r}; valid names: {', '.join(DATASETS)}")
     if image_size is not None and (not isinstance(image_size, (int, np.integer)) or image_size < 8):
@@ -102,21 +119,21 @@ def transforms_for(dataset: str, train: bool, image_size: int | None = None, nor
             steps += [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
         else:
             steps += [T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size)]
-    elif dataset == "cifar10":
+    elif dataset in ("cifar10", "cifar10_jpeg"):
         size = int(image_size or 32)
         if size != 32:
             steps.append(T.Resize(size))
         if train:
             steps += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
     else:  # concept_world
-        native = _world().WorldConfig().image_size
+        native = _world_module.WorldConfig().image_size
         size = int(image_size or native)
         if train:
             steps += [T.RandomResizedCrop(size, scale=(0.6, 1.0)), T.RandomHorizontalFlip()]
         elif image_size is not None:
             steps.append(T.Resize((size, size)))
     steps.append(T.ToTensor())
-    norm = _resolve_normalize(dataset, normalize)
+    norm = resolve_normalize(dataset, normalize)
     if norm is not None:
         steps.append(T.Normalize(*norm))
     return T.Compose(steps)
@@ -125,10 +142,15 @@ def transforms_for(dataset: str, train: bool, image_size: int | None = None, nor
 # ----------------------------------------------------------------------------- ImageFolder
 
 def rgb_loader(path: str) -> Image.Image:
-    """Open an image file as RGB, whatever its mode (CMYK, RGBA, LA, L, P, 1, I;16, F)."""
-    with open(path, "rb") as fh:
-        img = Image.open(fh)
-        img.load()
+    """Open an image file as RGB, whatever its mode (CMYK, RGBA, LA, L, P, 1, I;16, F); an unreadable
+    or truncated file stops with a DataError naming it."""
+    try:
+        with open(path, "rb") as fh:
+            img = Image.open(fh)
+            img.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(path, f"is not a readable image ({type(exc).__name__}: {exc})",
+                        expected="a complete JPEG/PNG image file") from None
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:
@@ -154,8 +176,6 @@ def image_folder(root: str | Path, split: str | None = "train", transform: Calla
     """torchvision ImageFolder on ``root/<split>`` (``split=None``: on root itself), images as RGB.
 
     Class index = sorted class-folder order; empty class folders keep their index."""
-    from torchvision.datasets import ImageFolder
-
     path = Path(root) / split if split else Path(root)
     _check_folder(path)
     # empty class folders are kept (class index = sorted folder order, even for a partial copy)
@@ -212,8 +232,6 @@ def refolder_places365_val(val_dir: str | Path, list_file: str | Path, out_root:
     zero-padded class index. Sorted folder order equals the class index. Written to a temporary
     folder and renamed; a finished folder from the same inputs is reused.
     """
-    from tqdm.auto import tqdm
-
     val_dir, list_file, out_root = Path(val_dir), Path(list_file), Path(out_root)
     if not val_dir.is_dir():
         raise DataError(val_dir, "Places365 validation folder not found",
@@ -238,21 +256,10 @@ def refolder_places365_val(val_dir: str | Path, list_file: str | Path, out_root:
         if not (val_dir / name).is_file():
             raise DataError(val_dir / name, f"listed in {list_file} but missing", expected=f"files listed in {list_file}")
 
-    final = out_root / "val"
     key = cache_key(val_dir=str(val_dir.resolve()), list_file=str(list_file.resolve()), names=names,
                     n=len(entries), copy=copy)
-    marker = final / ".netanatomy_places365.json"
-    if final.exists():
-        try:
-            if json.loads(marker.read_text()).get("key") == key:
-                return final
-        except (OSError, ValueError):
-            pass
-        raise DataError(final, "exists and was not made from these inputs; remove it or pick another out_root",
-                        expected="a new or empty out_root")
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=".val.tmp-"))
-    try:
+
+    def build(tmp: Path) -> None:
         for name in names:
             (tmp / name).mkdir()
         for fname, idx in tqdm(entries, desc="places365 val", disable=not progress, leave=False):
@@ -261,13 +268,8 @@ def refolder_places365_val(val_dir: str | Path, list_file: str | Path, out_root:
                 shutil.copy2(src, dst)
             else:
                 os.symlink(src, dst)
-        atomic_write_json(tmp / marker.name,
-                          {"key": key, "val_dir": str(val_dir), "list_file": str(list_file), "n": len(entries)})
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return cached_folder(out_root / "val", key, build, replace_own=False)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -384,6 +386,79 @@ def cifar10_npz(path: str | Path, transform: Callable | None = None,
     return ArrayDataset(images, labels.tolist(), classes.tolist(), transform, source=str(path))
 
 
+def fingerprint(root: str | Path) -> str:
+    """A cheap content fingerprint of a file or a folder tree for cache keys: the sha1 of every
+    file's relative path, size and modification time (no file is read), so adding, removing,
+    replacing or editing an image changes it. About a second per 100,000 files."""
+    root = Path(root)
+    h = hashlib.sha1()
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(root) if p != root else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decode_jpeg_archive(path: Path, split: str, progress: bool) -> dict:
+    """Every ``<split>/<class>/<name>.jpg`` of a tar archive decoded to uint8 RGB, in class then name order."""
+    found: dict[str, list[tuple[str, np.ndarray]]] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tqdm(tar, desc=f"read {path.name} {split}", disable=not progress, leave=False):
+                parts = member.name.strip("./").split("/")
+                if not member.isfile() or len(parts) != 3 or parts[0] != split or not parts[2].lower().endswith(".jpg"):
+                    continue
+                where = f"{path}:{member.name}"
+                try:
+                    with Image.open(io.BytesIO(tar.extractfile(member).read())) as img:
+                        found.setdefault(parts[1], []).append((parts[2], np.asarray(img.convert("RGB"))))
+                except (OSError, ValueError, SyntaxError) as exc:
+                    raise DataError(where, f"is not a readable JPEG image ({exc})", expected="a JPEG file") from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise DataError(path, f"cannot be read as a tar archive ({exc})", expected=CIFAR10_JPEG_LAYOUT) from exc
+    if not found:
+        raise DataError(path, f"holds no {split}/<class>/*.jpg images", expected=CIFAR10_JPEG_LAYOUT)
+    classes = sorted(found)
+    shapes = {img.shape for c in classes for _, img in found[c]}
+    if len(shapes) != 1:
+        raise DataError(path, f"{split} images differ in size ({sorted(shapes)[:3]})", expected="32x32 RGB JPEG files")
+    items = [(c, img) for c in classes for _, img in sorted(found[c], key=lambda item: item[0])]
+    return {"images": np.stack([img for _, img in items]), "labels": np.array([classes.index(c) for c, _ in items]),
+            "classes": np.array(classes)}
+
+
+def cifar10_jpeg(path: str | Path, split: str = "train", transform: Callable | None = None,
+                 progress: bool = True) -> ArrayDataset:
+    """CIFAR-10 as JPEG files in a tar archive (``train/<class>/NNNN.jpg``, ``test/<class>/NNNN.jpg``).
+
+    The archive is read in place and decoded once into the cache (keyed by its sha256; an archive
+    whose name is in `KNOWN_SHA256` must have that checksum). Class index = sorted class names
+    (CIFAR-10's standard order); within a class, images keep their file order (the official order).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "CIFAR-10 JPEG archive not found", expected=CIFAR10_JPEG_LAYOUT)
+    split = _cifar_split(split)
+    digest = sha256_of(path)
+    known = KNOWN_SHA256.get(path.name)
+    if known is not None and digest != known:
+        raise DataError(path, f"has sha256 {digest[:12]}..., not the published {known[:12]}... (damaged or "
+                              "another file)", expected="the archive listed in ../shared/data/README.md")
+    arrays = cached(cache_entry("data", "cifar10_jpeg", sha256=digest, split=split, version=1),
+                    lambda _checkpoint: _decode_jpeg_archive(path, split, progress))
+    return ArrayDataset(arrays["images"], arrays["labels"].tolist(), arrays["classes"].tolist(), transform,
+                        source=f"{path} ({split})")
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def get_dataset(name: str, root: str | Path | None = None, split: str = "train", train_aug: bool | None = None,
@@ -402,7 +477,7 @@ def get_dataset(name: str, root: str | Path | None = None, split: str = "train",
         raise ParamError("split", f"must be 'train', 'val' or 'test', got {split!r}")
     aug = (split == "train") if train_aug is None else bool(train_aug)
     if name == "concept_world":
-        w = _world()
+        w = _world_module
         cfg = world if world is not None else w.WorldConfig()
         if not isinstance(cfg, w.WorldConfig):
             raise ParamError("world", f"expected a WorldConfig, got {type(cfg).__name__}")
@@ -411,11 +486,11 @@ def get_dataset(name: str, root: str | Path | None = None, split: str = "train",
         size = image_size or cfg.image_size
         return w.ConceptWorld(split, cfg, transform=transforms_for(name, aug, size, normalize), progress=progress)
     if root is None:
-        layouts = {"cifar10": "a cifar-10-batches-py folder or a cifar10 .npz file"}
-        raise DataError("<root not given>", f"data set {name!r} needs a root",
-                        expected=layouts.get(name, IMAGE_FOLDER_LAYOUT))
+        raise DataError("<root not given>", f"data set {name!r} needs a root", expected=layout(name))
     transform = transforms_for(name, aug, image_size, normalize)
     root = resolve_path(root)
+    if name == "cifar10_jpeg":
+        return cifar10_jpeg(root, split, transform, progress)
     if name == "cifar10":
         if root.suffix == ".npz" or root.is_file():
             if _cifar_split(split) == "train":
@@ -426,18 +501,35 @@ def get_dataset(name: str, root: str | Path | None = None, split: str = "train",
     return image_folder(root, split, transform)
 
 
+# ----------------------------------------------------------------------------- raw images
+
+def raw_image(ds, index: int) -> np.ndarray:
+    """Item `index` of a data set as the uint8 (H, W, 3) RGB image it was read from, before any
+    transform: the array of an in-memory data set (concept world, CIFAR-10), the file of an
+    ImageFolder; Subsets are followed to their base data set."""
+    while isinstance(ds, torch.utils.data.Subset):
+        ds, index = ds.dataset, ds.indices[index]
+    images = getattr(ds, "images", None)
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3:
+        return images[index]
+    if hasattr(ds, "samples") and hasattr(ds, "loader"):
+        return np.asarray(ds.loader(ds.samples[index][0]).convert("RGB"))
+    raise ParamError("dataset", f"{type(ds).__name__} does not expose its raw images (expected an in-memory "
+                                "array `images` or an ImageFolder)")
+
+
 # ----------------------------------------------------------------------------- loaders and splits
 
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
-    import random
     random.seed(seed)
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
-                drop_last: bool = False, pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
-    """A DataLoader whose order (and worker seeds) follow `seed`."""
+                drop_last: bool = False, pin_memory: bool | None = None,
+                collate_fn: Callable | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader whose order (and worker seeds) follow `seed` (`collate_fn`: torch's default when None)."""
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParamError("batch_size", f"must be a positive integer, got {batch_size!r}")
     if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
@@ -447,7 +539,7 @@ def make_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, 
         dataset, batch_size=int(batch_size), shuffle=shuffle, generator=gen, num_workers=int(num_workers),
         drop_last=drop_last, worker_init_fn=_seed_worker,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=False)
+        persistent_workers=False, collate_fn=collate_fn)
 
 
 def split_indices(n: int, fraction: float | None = None, n_fit: int | None = None, seed: int = 0,

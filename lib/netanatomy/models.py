@@ -230,8 +230,9 @@ def read_checkpoint(path: str | Path, trusted: bool = False):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
-        raise DataError(path, f"cannot be read as a torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no message"
+        raise DataError(path, f"cannot be read as a torch checkpoint ({type(exc).__name__}: {first}); "
+                              "the file is damaged or not a checkpoint") from None
 
 
 def load_weights(model: nn.Module, source, strict: bool = True, trusted: bool = False,

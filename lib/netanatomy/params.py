@@ -6,6 +6,9 @@ import ast
 from pathlib import Path
 from typing import Any, Mapping
 
+import papermill
+from IPython import get_ipython
+
 from .errors import NetanatomyError, ParamError
 from .runtime import repo_root
 
@@ -17,16 +20,12 @@ def notebook_path(notebook: str) -> Path:
 
 def declared(notebook: str | Path) -> dict[str, dict]:
     """The parameters a notebook declares in its `parameters` cell (papermill.inspect_notebook)."""
-    import papermill
-
     path = Path(notebook) if str(notebook).endswith(".ipynb") else notebook_path(str(notebook))
     return dict(papermill.inspect_notebook(str(path)))
 
 
 def with_defaults(notebook: str | Path, given: Mapping[str, Any]) -> dict[str, Any]:
     """`given` (names checked) over the notebook's own parameter defaults: a notebook's run without the notebook."""
-    import ast
-
     check_names(notebook, given)
     defaults = {name: ast.literal_eval(spec["default"]) for name, spec in declared(notebook).items()}
     return {**defaults, **given}
@@ -66,10 +65,6 @@ def collect(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 def show_errors_as_messages() -> None:
     """In IPython, display NetanatomyError (bad parameter, missing data) as one clear line."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
     shell = get_ipython()
     if shell is None:
         return

@@ -49,29 +49,3 @@ def confusion_heatmap(cm: pd.DataFrame, title: str, ax=None):
     ax.set_ylabel("true class")
     ax.set_title(title)
     return ax.figure
-
-
-def bar_counts(df: pd.DataFrame, x: str, y: str, hue: str | None, title: str, ylabel: str, ax=None):
-    """A labelled seaborn bar chart of a long table."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.5))
-    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.set_xlabel(x.replace("_", " "))
-    ax.tick_params(axis="x", rotation=45)
-    return ax.figure
-
-
-def training_curves(histories: Mapping[str, pd.DataFrame], metric: str = "val_acc", ax=None):
-    """One line per run of a metric against the epoch."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    for name, h in histories.items():
-        if metric in h:
-            ax.plot(h["epoch"], h[metric], marker="o", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"{metric.replace('_', ' ')} by epoch")
-    ax.legend()
-    return ax.figure

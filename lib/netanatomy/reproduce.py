@@ -20,11 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+import papermill
 import yaml
+from nbconvert import HTMLExporter
+from papermill.exceptions import PapermillExecutionError
 
 from .errors import NetanatomyError, ParamError
 from .params import check_names
-from .report import html_page
+from .report import clear, html_page
 from .runtime import atomic_write_text, repo_root
 
 NOTEBOOKS = ("concept_world", "nad_findpath", "nad_hitrate", "nad_subarch", "dissection", "dka",
@@ -62,11 +66,11 @@ def params_file(notebook: str, set_name: str, params_dir: Path) -> Path:
 
 def run_one(notebook: str, pfile: Path, out: Path, notebooks_dir: Path) -> Outcome:
     """Execute one notebook with papermill into out/<nb>.ipynb and export out/<nb>.html."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     source = notebooks_dir / f"{notebook}.ipynb"
     executed = out / f"{notebook}.ipynb"
+    clear(out / notebook)  # the index must never show an earlier run's findings
+    for stale in (executed, executed.with_suffix(".html")):
+        stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     parameters: dict = {}
     try:
@@ -92,9 +96,6 @@ def run_one(notebook: str, pfile: Path, out: Path, notebooks_dir: Path) -> Outco
 
 def export_html(executed: Path) -> Path:
     """nbconvert an executed notebook to HTML beside it."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     return atomic_write_text(executed.with_suffix(".html"), body)
 
@@ -137,6 +138,9 @@ def run(only: list[str] | None = None, set_name: str = "default", out: str | Pat
     params_dir = Path(params_dir or root / "params")
     names = list(only) if only else [n for n in NOTEBOOKS if (notebooks_dir / f"{n}.ipynb").exists()
                                      and (set_name in ("default", "smoke") or params_file(n, set_name, params_dir).exists())]
+    if not names:
+        raise ParamError("set", f"no notebook has a parameter set {set_name!r} (looked for params/<notebook>."
+                                f"{set_name}.yaml and params/{set_name}.yaml)")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["NETANATOMY_REPORTS"] = str(out)
@@ -157,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default="default", dest="set_name", help="parameter set: default, smoke, or the suffix of params/<nb>.<set>.yaml")
     parser.add_argument("--out", default=str(repo_root() / "reports"), help="output folder (default: reports/)")
     args = parser.parse_args(argv)
-    outcomes = run(args.only, args.set_name, args.out)
+    try:
+        outcomes = run(args.only, args.set_name, args.out)
+    except NetanatomyError as exc:
+        print(f"[reproduce] {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     failed = [o for o in outcomes if o.status != "ok"]
     print(f"[reproduce] {len(outcomes) - len(failed)} ok, {len(failed)} failed; index: {Path(args.out) / 'index.html'}")
     return 1 if failed else 0

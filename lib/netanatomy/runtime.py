@@ -97,6 +97,36 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
+# ----------------------------------------------------------------------------- phase profile
+_PROFILE: dict = {"path": None, "phases": []}
+
+
+def start_profile(path: str | Path | None) -> None:
+    """Start a run's phase profile, written to `path` (JSON) after every phase (None: kept in memory)."""
+    _PROFILE["path"] = None if path is None else Path(path)
+    _PROFILE["phases"] = []
+
+
+def record_phase(name: str, seconds: float, how: str) -> None:
+    """Note that phase `name` took `seconds` (`how`: 'computed' or 'loaded' from the cache)."""
+    _PROFILE["phases"].append({"phase": name, "how": how, "seconds": round(seconds, 3)})
+    if _PROFILE["path"] is not None:
+        atomic_write_json(_PROFILE["path"], {"phases": _PROFILE["phases"]})
+
+
+def profile() -> list[dict]:
+    """The phases recorded since `start_profile`."""
+    return list(_PROFILE["phases"])
+
+
+def share_mode(path: str | Path, folder: bool = False) -> None:
+    """Give a file (mode 0666) or folder (0777) the permissions the user's umask allows (temporary
+    files are created 0600 / 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+
+
 def _atomic(path: str | Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +134,7 @@ def _atomic(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        share_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,14 +1,19 @@
-"""Counting and summary statistics: FLOPs (torch.utils.flop_counter), parameters, accuracy, confusions."""
+"""Counting and summary statistics: FLOPs (torch.utils.flop_counter), parameters, accuracy, confusions,
+and the confidence intervals that decide every verdict ("held", "did not hold", "inconclusive")."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats as scipy_stats
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import ParamError
 
 FLOPS_CONVENTION = "FLOPs count 2 per multiply-add (torch.utils.flop_counter)"
 
@@ -66,3 +71,50 @@ def within_pair_error_share(cm: pd.DataFrame, pairs: Sequence[tuple[str, str]]) 
     pos = {name: i for i, name in enumerate(cm.index)}
     within = sum(m[pos[a], pos[b]] + m[pos[b], pos[a]] for a, b in pairs)
     return float(within / m.sum()) if m.sum() > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------- intervals and verdicts
+#: The three verdicts a comparison can reach.
+HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A mean with its two-sided confidence interval (Student t over `n` values)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3g} [{self.low:+.3g}, {self.high:+.3g}]"
+
+    def verdict(self, above: float = 0.0) -> str:
+        """'held' when the whole interval lies above `above`, 'did not hold' when it lies at or
+        below it, else 'inconclusive' (the interval allows either)."""
+        if self.low > above:
+            return HELD
+        if self.high <= above:
+            return NOT_HELD
+        return INCONCLUSIVE
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean of `values` with its t-interval (n - 1 degrees of freedom); needs at least 2 values."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        raise ParamError("seeds", f"an interval needs at least 2 finite values, got {len(x)}")
+    mean = float(x.mean())
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return Interval(mean, mean - half, mean + half, len(x), confidence)
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Interval of the mean paired difference a - b (same seeds, mosaics or images in both)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ParamError("seeds", f"a paired comparison needs equal counts, got {a.shape} and {b.shape}")
+    return mean_interval(a - b, confidence)

@@ -1,5 +1,5 @@
 """The one training loop: SGD/Adam/AdamW, cosine or step schedule, AMP and channels-last on CUDA,
-an atomic checkpoint every epoch with exact resume, a metrics CSV, tqdm progress, and DDP under torchrun."""
+an atomic checkpoint every epoch with exact resume, tqdm progress, and DDP under torchrun."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import dataclasses
 import os
 import random
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .errors import NetanatomyError, ParamError, require
-from .runtime import atomic_save, atomic_write_csv, autocast, pick_device, seed_everything
+from .cache import Checkpoint
+from .runtime import autocast, pick_device, seed_everything
 
 
 class TrainingDiverged(NetanatomyError):
@@ -115,92 +115,104 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig,
-        out_dir: str | Path | None = None, loss_fn: LossFn | None = None,
+        checkpoint: Checkpoint | None = None, loss_fn: LossFn | None = None,
         stop_after_epoch: int | None = None) -> pd.DataFrame:
     """Train `model` on `train_ds` by `cfg`; returns the per-epoch metrics history.
 
-    With `out_dir`, writes `checkpoint.pt` atomically after every epoch and `history.csv`, and
-    resumes exactly from an existing checkpoint (model, optimizer, scheduler, RNG, epoch).
-    `loss_fn(model, x, y) -> (loss, logits)` replaces cross-entropy (for extra terms).
-    `stop_after_epoch` ends this call after that epoch (an interruption, for tests).
-    Under torchrun (WORLD_SIZE > 1) trains with DDP; `batch_size` is the global batch.
+    With `checkpoint` (a `cache.Checkpoint`), saves model, optimizer, scheduler, RNG state and
+    history atomically after every epoch and resumes exactly from a saved state (a damaged one is
+    set aside and training starts over). `loss_fn(model, x, y) -> (loss, logits)` replaces
+    cross-entropy (for extra terms). `stop_after_epoch` ends this call after that epoch (an
+    interruption, for tests). Under torchrun (WORLD_SIZE > 1) trains with DDP; `batch_size` is the
+    global batch.
     """
     rank, world = _dist_info()
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
+    device = _train_device(cfg, rank, world)
     require(cfg.batch_size % world == 0, "batch_size", f"{cfg.batch_size} is not divisible by the {world} processes")
     seed_everything(cfg.seed)
     model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, cfg)
+    optimizer = _make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     scheduler = _make_scheduler(optimizer, cfg)
+    checkpoint = checkpoint or Checkpoint(None)
     history: list[dict] = []
-    start_epoch = 0
-    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch, history = ckpt["epoch"], ckpt["history"]
+    state = checkpoint.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        history = state["history"]
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.num_workers > 0)
+    step = _Step(net, optimizer, loss_fn or cross_entropy_loss(cfg.label_smoothing), cfg, device)
     show = cfg.progress and rank == 0
     last = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
-    for epoch in range(start_epoch, last):
+    for epoch in range(len(history), last):
         sampler.set_epoch(epoch)
         loader.generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        net.train()
-        t0 = time.perf_counter()
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-        for step, (x, y) in enumerate(bar):
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if cfg.channels_last and device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, cfg.amp):
-                loss, logits = loss_fn(net, x, y)
-            if cfg.max_loss is not None:
-                value = loss.item()
-                if not np.isfinite(value) or value > cfg.max_loss:
-                    raise TrainingDiverged(f"training diverged at epoch {epoch + 1}, batch {step + 1}: "
-                                           f"loss {value:.3g} > max_loss {cfg.max_loss}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+        metrics = step.epoch(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False), epoch)
         scheduler.step()
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": total_loss.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-               "seconds": time.perf_counter() - t0}
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **metrics}
         if val_ds is not None and rank == 0:
             row.update({f"val_{k}": v for k, v in evaluate(model, val_ds, cfg.batch_size, device,
                                                              amp=cfg.amp, progress=False).items()})
         history.append(row)
         if show:
             tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        if ckpt_path is not None and rank == 0:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1,
-                         "history": history, "config": dataclasses.asdict(cfg)}, ckpt_path)
-            atomic_write_csv(pd.DataFrame(history), Path(out_dir) / "history.csv")
+        if rank == 0:
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "rng": _rng_state(), "history": history,
+                             "config": dataclasses.asdict(cfg)})
     model.eval()
     return pd.DataFrame(history)
+
+
+def _train_device(cfg: TrainConfig, rank: int, world: int) -> torch.device:
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    return device
+
+
+class _Step:
+    """One epoch of optimisation steps (loss, divergence guard, backward, step) with running metrics."""
+
+    def __init__(self, net: nn.Module, optimizer, loss_fn: LossFn, cfg: TrainConfig, device: torch.device):
+        self.net, self.optimizer, self.loss_fn, self.cfg, self.device = net, optimizer, loss_fn, cfg, device
+
+    def epoch(self, batches, epoch: int) -> dict:
+        cfg, device = self.cfg, self.device
+        self.net.train()
+        t0 = time.perf_counter()
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for step, (x, y) in enumerate(batches):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if cfg.channels_last and device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, cfg.amp):
+                loss, logits = self.loss_fn(self.net, x, y)
+            if cfg.max_loss is not None:
+                value = loss.item()
+                if not np.isfinite(value) or value > cfg.max_loss:
+                    raise TrainingDiverged(f"training diverged at epoch {epoch + 1}, batch {step + 1}: "
+                                           f"loss {value:.3g} > max_loss {cfg.max_loss}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return {"train_loss": total_loss.item() / max(seen, 1),
+                "train_acc": correct.item() / max(seen, 1), "seconds": time.perf_counter() - t0}
 
 
 @torch.no_grad()

@@ -28,13 +28,8 @@ Determinism: sample ``i`` of a split depends only on ``(seed, split, i)``.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import shutil
-import tempfile
-import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,8 +38,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .errors import DataError, ParamError
-from .runtime import atomic_savez, atomic_write_json, cache_dir, cache_key
+from .cache import cached, cached_folder
+from .errors import ParamError
+from .runtime import atomic_savez, cache_dir, cache_key
 
 # ----------------------------------------------------------------------------- vocabularies
 
@@ -393,11 +389,8 @@ def _shape_masks(shape: str, size: int, cx: float, cy: float, r: float, theta: f
     return mask, parts
 
 
-def _render(size: int, scene: str, rng: np.random.Generator, cfg: WorldConfig):
-    """Paint one image of `scene`; return (uint8 image, uint8 masks, dominant background texture id)."""
-    style = _SPECS[_PARTNER[scene]] if rng.random() < cfg.mix else _SPECS[scene]
-    obj_spec = _SPECS[scene]
-    cv = _Canvas(size)
+def _paint_background(cv: "_Canvas", rng: np.random.Generator, style: dict, size: int) -> None:
+    """Sky, then the scene's band (buildings, trees, mountains or flat) and the ground."""
     ys, xs = _grid(size)
     x = xs[0]
 
@@ -444,10 +437,10 @@ def _render(size: int, scene: str, rng: np.random.Generator, cfg: WorldConfig):
     pattern = _pattern(rng, tex, size, style["period"], style["angle"])
     cv.paint(rng, ys >= ground_top[None, :], style["ground"], style["ground_shift"], tex, pattern,
              material=style["ground_material"])
-    background_texture = cv.masks["texture"].copy()
-    surface = cv.masks["material"] != _M["sky"]
 
-    # --- objects (later ones occlude earlier ones in pixels and masks)
+
+def _paint_objects(cv: "_Canvas", rng: np.random.Generator, obj_spec: dict, size: int, cfg: WorldConfig) -> None:
+    """1-3 objects with colours, textures and parts (later ones occlude earlier ones in pixels and masks)."""
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     for _ in range(n_obj):
         shape = _pick(rng, obj_spec["shapes"]) if rng.random() < 0.5 else _pick(rng, SHAPES)
@@ -460,6 +453,15 @@ def _render(size: int, scene: str, rng: np.random.Generator, cfg: WorldConfig):
         pattern = _pattern(rng, tex, size, (0.05, 0.09), (0.0, 90.0))
         cv.paint(rng, mask, color, (0, 0, 0), tex, pattern, shape=shape, parts=parts)
 
+
+def _render(size: int, scene: str, rng: np.random.Generator, cfg: WorldConfig):
+    """Paint one image of `scene`; return (uint8 image, uint8 masks, dominant background texture id)."""
+    style = _SPECS[_PARTNER[scene]] if rng.random() < cfg.mix else _SPECS[scene]
+    cv = _Canvas(size)
+    _paint_background(cv, rng, style, size)
+    background_texture = cv.masks["texture"].copy()
+    surface = cv.masks["material"] != _M["sky"]
+    _paint_objects(cv, rng, _SPECS[scene], size, cfg)
     noise = rng.integers(-NOISE_AMP, NOISE_AMP + 1, size=(size, size, 3)).astype(np.float32)
     img = np.clip(np.rint(cv.rgb + noise), 0, 255).astype(np.uint8)
     # image-level texture: the most frequent texture of the visible ground and band (sky excluded)
@@ -532,37 +534,26 @@ def cache_path(cfg: WorldConfig, split: str) -> Path:
     return cache_dir("world") / f"{split}-{cfg.image_size}px-{_split_key(cfg, split)}.npz"
 
 
-def _load(path: Path, cfg: WorldConfig, split: str, with_masks: bool) -> WorldSplit | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            images = z["images"]
-            labels = z["labels"].astype(np.int64)
-            image_labels = {c: z[f"image_{c}"].astype(np.int16) for c in IMAGE_CATEGORIES}
-            masks = {c: z[f"mask_{c}"].astype(np.int16) for c in PIXEL_CATEGORIES} if with_masks else {}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return None
+def _read(path: Path, cfg: WorldConfig, split: str, with_masks: bool) -> WorldSplit:
+    """A cached split; raises when the file is damaged or does not hold this configuration's split."""
+    with np.load(path, allow_pickle=False) as z:
+        images = z["images"]
+        labels = z["labels"].astype(np.int64)
+        image_labels = {c: z[f"image_{c}"].astype(np.int16) for c in IMAGE_CATEGORIES}
+        masks = {c: z[f"mask_{c}"].astype(np.int16) for c in PIXEL_CATEGORIES} if with_masks else {}
     n, s = cfg.size(split), cfg.image_size
     if images.shape != (n, s, s, 3) or labels.shape != (n,):
-        return None
+        raise ValueError(f"holds images of shape {images.shape}, expected {(n, s, s, 3)}")
     return WorldSplit(images, labels, masks, image_labels, list(SCENES), split, cfg)
 
 
-def generate(cfg: WorldConfig | None = None, split: str = "train", progress: bool = True,
-             with_masks: bool = True) -> WorldSplit:
-    """Generate (or load from the cache) one split of the world.
+def _write(split: WorldSplit, path: Path) -> None:
+    atomic_savez(path, images=split.images, labels=split.labels,
+                 **{f"image_{c}": v for c, v in split.image_labels.items()},
+                 **{f"mask_{c}": v for c, v in split.masks.items()})
 
-    Cached as .npz under ``cache_dir("world")`` keyed by the configuration and split, written
-    atomically; a later call loads the file. ``with_masks=False`` skips loading the masks.
-    """
-    cfg = WorldConfig() if cfg is None else cfg
-    if not isinstance(cfg, WorldConfig):
-        raise ParamError("world", f"expected a WorldConfig, got {type(cfg).__name__}")
-    _check_split(split)
-    path = cache_path(cfg, split)
-    if path.exists():
-        loaded = _load(path, cfg, split, with_masks)
-        if loaded is not None:
-            return loaded
+
+def _render_split(cfg: WorldConfig, split: str, progress: bool) -> WorldSplit:
     n, s = cfg.size(split), cfg.image_size
     code = SPLITS[split]
     labels = _labels_for(cfg.seed, code, n)
@@ -577,11 +568,25 @@ def generate(cfg: WorldConfig | None = None, split: str = "train", progress: boo
             masks[c][i] = m[c]
         tex[i] = t
     image_labels = {"scene": (labels + 1).astype(np.int16), "texture": tex}
-    atomic_savez(path, images=images, labels=labels,
-                 **{f"image_{c}": v for c, v in image_labels.items()},
-                 **{f"mask_{c}": v for c, v in masks.items()})
-    out_masks = {c: v.astype(np.int16) for c, v in masks.items()} if with_masks else {}
-    return WorldSplit(images, labels, out_masks, image_labels, list(SCENES), split, cfg)
+    return WorldSplit(images, labels, masks, image_labels, list(SCENES), split, cfg)
+
+
+def generate(cfg: WorldConfig | None = None, split: str = "train", progress: bool = True,
+             with_masks: bool = True) -> WorldSplit:
+    """Generate (or load from the cache) one split of the world.
+
+    Cached as .npz under ``cache_dir("world")`` keyed by the configuration and split
+    (`netanatomy.cache.cached`: written atomically, a damaged file set aside and rendered again).
+    ``with_masks=False`` skips loading the masks.
+    """
+    cfg = WorldConfig() if cfg is None else cfg
+    if not isinstance(cfg, WorldConfig):
+        raise ParamError("world", f"expected a WorldConfig, got {type(cfg).__name__}")
+    _check_split(split)
+    out = cached(cache_path(cfg, split), lambda _checkpoint: _render_split(cfg, split, progress),
+                 read_file=lambda path: _read(path, cfg, split, with_masks), write_file=_write)
+    masks = {c: v.astype(np.int16) for c, v in out.masks.items()} if with_masks else {}
+    return replace(out, masks=masks)
 
 
 # ----------------------------------------------------------------------------- torch Dataset
@@ -638,49 +643,21 @@ def export_imagefolder(cfg: WorldConfig | None, root: str | Path, splits=("train
     """Write ``root/<split>/<scene>/<index:06d>.png`` (folder order == class index); return root.
 
     ``cfg=None`` means the default `WorldConfig`; `index` is the sample's index in the split.
-
-    Each split is written to a temporary folder and renamed into place. A split folder already
-    exported from the same configuration is kept (idempotent); one exported from another
-    configuration is replaced; a folder not written by this function is left alone (DataError).
+    Each split folder is built whole (`netanatomy.cache.cached_folder`): one exported from the same
+    configuration is kept, one exported from another configuration is replaced, and a folder not
+    written by netanatomy is left alone (DataError).
     """
     cfg = WorldConfig() if cfg is None else cfg
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if isinstance(splits, str):
-        splits = (splits,)
-    for split in splits:
+    for split in (splits,) if isinstance(splits, str) else splits:
         _check_split(split)
-        key = _split_key(cfg, split)
-        final = root / split
-        marker = final / ".netanatomy_world.json"
-        if final.exists():
-            if marker.exists():
-                try:
-                    if json.loads(marker.read_text()).get("key") == key:
-                        continue
-                except (OSError, ValueError):
-                    pass
-            else:
-                raise DataError(final, "exists and was not written by export_imagefolder; remove it or pick "
-                                       "another root", expected="an empty or new folder")
-        data = generate(cfg, split, progress=progress, with_masks=False)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{split}.tmp-"))
-        try:
+
+        def build(tmp: Path, split=split) -> None:
+            data = generate(cfg, split, progress=progress, with_masks=False)
             for name in SCENES:
                 (tmp / name).mkdir()
             for i in tqdm(range(len(data)), desc=f"export {split}", disable=not progress, leave=False):
-                Image.fromarray(data.images[i]).save(tmp / SCENES[data.labels[i]] / f"{i:06d}.png",
-                                                     compress_level=1)
-            atomic_write_json(tmp / ".netanatomy_world.json",
-                              {"key": key, "split": split, "config": asdict(cfg), "n": len(data)})
-            if final.exists():
-                old = Path(tempfile.mkdtemp(dir=root, prefix=f".{split}.old-"))
-                os.replace(final, old / split)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+                Image.fromarray(data.images[i]).save(tmp / SCENES[data.labels[i]] / f"{i:06d}.png", compress_level=1)
+
+        cached_folder(root / split, _split_key(cfg, split), build)
     return root

@@ -1,0 +1,119 @@
+"""Figures and findings prose of the decomposition notebook: frequency heatmap, k sweep, finetuning
+curve, essentiality bars, and the `describe_*` sentences the notebook states as findings."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .method import PUBLISHED, Indices, check_indices
+from .run import MI_COLUMNS, CSGResult, Config, Setup, overlap
+
+
+# ============================================================================ plots
+def plot_frequencies(freq: np.ndarray, classes: Sequence[str], indices: Mapping | None = None, k: int | None = None,
+                     title: str | None = None):
+    """Heatmap classes x features of the top-k frequency histograms; the chosen S_c marked with dots."""
+    C, D = freq.shape
+    fig, ax = plt.subplots(figsize=(min(18, 4 + D * 0.12), 1.2 + 0.35 * C))
+    share = freq / np.maximum(freq.sum(1, keepdims=True), 1) * (k or 1)
+    sns.heatmap(share, ax=ax, cmap="viridis", cbar_kws={"label": "fraction of the class's images with the feature in top-k"},
+                yticklabels=list(classes), xticklabels=max(1, D // 16))
+    if indices is not None:
+        for c, vals in check_indices(indices, equal_sizes=False).items():
+            ax.scatter(np.asarray(vals) + 0.5, np.full(len(vals), c + 0.5), s=10, c="red", marker="o")
+    ax.set_xlabel("feature index (pooled channel)")
+    ax.set_ylabel("class")
+    ax.set_title(title or f"Top-{k} frequency per class (red: the chosen S_c)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_k_sweep(df: pd.DataFrame, original: float, label: str):
+    """Decomposed accuracy versus k, one line per n, with the original accuracy dashed."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    sns.lineplot(data=df, x="k", y="decomposed acc (%)", hue="n", marker="o", ax=ax, palette="deep")
+    ax.axhline(100 * original, color="k", ls="--", lw=1, label="original")
+    ax.set_xlabel("k (top features per image)")
+    ax.set_ylabel(f"accuracy (%), {label}")
+    ax.set_title("Decomposed accuracy versus k")
+    ax.legend(title="n")
+    fig.tight_layout()
+    return fig
+
+
+def plot_finetune(table: pd.DataFrame, original: float):
+    """Decomposed accuracy per finetuning epoch, with the original accuracy dashed."""
+    col = [c for c in table.columns if c.startswith("decomposed acc")][0]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(table["epoch"], table[col], marker="o", label="decomposed, finetuned")
+    ax.axhline(100 * original, color="k", ls="--", lw=1, label="original")
+    ax.set_xlabel("finetuning epoch (0 = before)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(col.replace("decomposed acc (%) ", "Finetuning, "), fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_essentiality(table: pd.DataFrame, title: str):
+    """Bars per class: images still correct under noise, per method and noise location."""
+    df = table.copy()
+    df["run"] = df["method"] + ", noise at " + df["noise at"]
+    df["still correct (%)"] = 100 * df["correct with noise"] / df["images"].clip(lower=1)
+    fig, ax = plt.subplots(figsize=(max(7, 0.8 * df["class"].nunique() + 3), 4))
+    sns.barplot(data=df, x="class", y="still correct (%)", hue="run", ax=ax, palette="Paired")
+    ax.set_xlabel("class")
+    ax.set_ylabel("images still correct (%)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="indices, noise location")
+    fig.tight_layout()
+    return fig
+
+
+# ============================================================================ findings
+def describe_setup(S: Setup) -> list[str]:
+    """The run's data notes, then the original accuracy."""
+    return [f"- {note}" for note in S.notes] + [
+        f"Original accuracy: **{100 * S.feats_eval.accuracy():.2f} %** on {S.eval_label}; "
+        f"{S.num_features} pooled features, {len(S.classes)} classes."]
+
+
+def describe_overlap(ours: Indices, published: Mapping[int, Indices], S: Setup, cfg: Config) -> list[str]:
+    """How many of our indices the published file with the same n holds (nothing without one)."""
+    if cfg.n not in published:
+        return []
+    shared = overlap(ours, published[cfg.n])["shared"].sum()
+    return [f"Our indices share {shared} of {cfg.n * len(S.classes)} with the published n = {cfg.n} file."]
+
+
+def describe_csg(csg: CSGResult, S: Setup) -> str:
+    return f"CSG model ({csg.source}): standard-path accuracy {100 * csg.feats_eval.accuracy():.2f} % on {S.eval_label}."
+
+
+def describe_legacy_mi(mi: pd.DataFrame) -> list[str]:
+    """Upstream's MI reproduced from the published files (n = 5), beside upstream's own numbers
+    (`method.PUBLISHED`); nothing when the table lacks either published row."""
+    legacy = mi.set_index("indices")[MI_COLUMNS[True]]
+    ours, csg = "published ours (n=5)", "CSG published file (legacy, n=5)"
+    if ours not in legacy or csg not in legacy:
+        return []
+    return [f"Legacy reproduction from the published files (k = 5, upstream convention): ours **{legacy[ours]:.6f}** "
+            f"(upstream {PUBLISHED['MI ours (k=5)']:.6f}) vs CSG **{legacy[csg]:.6f}** "
+            f"(upstream {PUBLISHED['MI CSG (k=5)']:.6f})."]
+
+
+def describe_summary(S: Setup, acc: pd.DataFrame, ft: pd.DataFrame, mi: pd.DataFrame, cfg: Config) -> str:
+    """Original, decomposed and finetuned accuracy on the eval part, and MI ours versus CSG."""
+    column = f"acc (%) {S.eval_label}"
+    convention = MI_COLUMNS[cfg.mi_self_pairs]
+    row = mi.set_index("indices")
+    return (f"**Summary** ({S.eval_label}): original {acc[column].iloc[0]:.2f} %, decomposed (ours, n={cfg.n}) "
+            f"{acc[column].iloc[1]:.2f} %, finetuned after {int(ft['epoch'].iloc[-1])} epoch(s) {ft.iloc[-1, 1]:.2f} %; "
+            f"MI ({convention}) ours {row.loc[f'ours (k={cfg.k}, n={cfg.n})', convention]:.4f} vs CSG largest gates "
+            f"{row.loc[f'CSG largest gates (n={cfg.n})', convention]:.4f}.")

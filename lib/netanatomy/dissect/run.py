@@ -1,0 +1,447 @@
+"""Running Network Dissection: its configs, the cached two-pass `dissect`, and the result tables.
+
+- `DissectConfig`: how to dissect (the paper's quantile and IoU threshold, union rule, buffers,
+  batches, caching); `Config` adds what the notebook dissects (model, weights, layers, data).
+- `dissect(model, layers, broden_root, cfg)`: both passes over a Broden set, each a
+  `netanatomy.streaming.tally` of `method.UnitThresholds` / `method.UnitTally` cached with
+  `netanatomy.cache.cached` (resumable), then IoU and the tally per layer (`LayerDissection`).
+- `world_broden(world)`: a concept world's validation split exported as Broden (cached).
+- `study(cfg)`: the notebook's run (subject, layers, data, dissection).
+- Tables: `summary_table`, `detectors_per_category`, `planted_coverage`; files: `save_results`,
+  `read_tally` (ours or a published NetDissect tally.csv).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import broden as brd
+from .. import cache, data, models, streaming
+from ..config import RunConfig, boolean, choice, either, integer, items, number, optional, param, text
+from ..errors import DataError, ParamError
+from ..hooks import get_module, run as run_model, trace
+from ..runtime import atomic_write_csv, cache_dir, pick_device, weights_fingerprint
+from ..subject import Subject, load_subject, scale as builtin_scale
+from ..world import WorldConfig
+from .method import (NO_LABEL, QUANTILE_METHODS, UNION_RULES, UnitTally, UnitThresholds, iou_from_counts,
+                     make_tally, tally_summary)
+
+#: Architectures the zoo trains on the concept world (the others need `weights`).
+ZOO_MODELS = ("small_vgg", "small_resnet")
+TALLY_BASE = ("unit", "category", "label", "score")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def mean_std(spec, root: Path | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a `normalize` value: 'auto' (the world's for a world export at `root`, else
+    ImageNet's), 'none', a data-set name of `netanatomy.data.normalization` ('world', 'imagenet',
+    ...) or a pair (mean, std) of RGB triples on the 0-1 scale."""
+    if isinstance(spec, str):
+        if spec == "none":
+            return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        if spec == "auto":
+            spec = "world" if root is not None and brd.is_world_export(root) else "imagenet"
+        try:
+            return data.normalization(spec)
+        except ParamError:
+            pass
+    elif isinstance(spec, (list, tuple)):
+        return data.resolve_normalize("imagenet", spec)
+    raise ParamError("normalize", f"{spec!r} is not 'auto', 'none', a data-set name ('world', 'imagenet', ...) "
+                                  f"or a pair (mean, std)")
+
+
+def _normalize(name: str, value: Any) -> Any:
+    mean_std(value)  # raises ParamError for a bad value
+    return value
+
+
+def _one_name(name: str, value: Any) -> list[str]:
+    return [text()(name, value)]
+
+
+@dataclasses.dataclass
+class DissectConfig(RunConfig):
+    """How to dissect (defaults: the paper's and the original code's); see `method` for the steps."""
+
+    quantile: float = param(0.005, number(0, 1, lo_open=True, hi_open=True),
+                            "top share of activations above the threshold (0.005: the 0.995 quantile)")
+    iou_threshold: float = param(0.04, number(0, 1), "a unit is a detector of its best label when IoU >= this")
+    categories: list[str] | None = param(None, optional(either(_one_name, items(text()),
+                                                               expected="a category name or a list of them")),
+                                         "Broden categories to use (None: all of the data set)")
+    union_rule: str = param("image", choice(*UNION_RULES), "'image' (NetDissect) or 'lite' (NetDissect-Lite)")
+    batch_size: int = param(64, integer(1), "images per forward pass")
+    normalize: Any = param("auto", _normalize, "'auto', 'world', 'imagenet', 'none' or (mean, std) on 0-1")
+    quantile_method: str = param("auto", choice(*QUANTILE_METHODS),
+                                 "'exact', 'sample' or 'auto' (exact when it fits max_buffer)")
+    max_buffer: int = param(16384, integer(1), "most activations kept per unit for the quantile")
+    top_images: int = param(10, integer(1), "images per unit in the report (by per-image maximum)")
+    num_workers: int = param(0, integer(0), "data-loading worker processes")
+    split: str | None = param(None, optional(text()), "rows of one split of index.csv (None: all)")
+    tally_chunk: int = param(1 << 25, integer(1), "most elements of one upsampled mask block in the tally")
+    checkpoint_every: int = param(200, integer(1), "batches between checkpoints of a pass")
+    cache: bool = param(True, boolean(), "cache both passes (and resume them)")
+
+
+@dataclasses.dataclass
+class Config(DissectConfig):
+    """The dissection notebook's parameters: what to dissect, and how (`DissectConfig`)."""
+
+    model: str = param("small_vgg", choice(*models.MODEL_NAMES), "architecture (models.build name)")
+    weights: str | None = param(None, optional(text()), "checkpoint of a real model (None: the zoo's net)")
+    num_classes: int | None = param(None, optional(integer(1)), "classes of `weights` (365 for Places365)")
+    layers: Any = param("dissect", either(text(), items(text(), unique=True), expected="a preset or layer names"),
+                        "a layer preset of the model or a list of layer names")
+    broden_root: str | None = param(None, optional(text()), "Broden folder (None: the concept world as Broden)")
+    input_size: int | None = param(None, optional(integer(8, 4096)), "model input size (None: the images' own)")
+    gallery_units: int = param(8, integer(1), "units shown inline in the gallery")
+
+    def validate(self) -> None:
+        if isinstance(self.layers, str):
+            models.layers(self.model, self.layers)  # a known preset of the model
+        if self.weights is None and self.model not in ZOO_MODELS:
+            raise ParamError("weights", f"model {self.model!r} needs a weights file (only the concept-world nets "
+                                        f"{' and '.join(ZOO_MODELS)} are trained by the zoo)")
+        if self.weights is not None and self.num_classes is None:
+            raise ParamError("num_classes", "give the number of classes of the weights file (e.g. 365 for "
+                                            "Places365, 1000 for ImageNet)")
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclasses.dataclass
+class LayerDissection:
+    """The dissection of one layer.
+
+    tally: DataFrame in NetDissect-Lite's tally.csv format (see `method.make_tally`); iou (units,
+    labels); thresholds (units,); labels: DataFrame (number, name, category) of the iou columns;
+    intersection (units, labels), activation (units, categories) = A_cat, truth (labels,) = G;
+    top_images (units, n) data-set indices by per-image max activation and top_maps (units, n, h, w)
+    their activation maps at feature resolution (for the report's overlays).
+    """
+
+    layer: str
+    tally: pd.DataFrame
+    iou: np.ndarray
+    thresholds: np.ndarray
+    labels: pd.DataFrame
+    categories: list[str]
+    intersection: np.ndarray
+    activation: np.ndarray
+    truth: np.ndarray
+    top_images: np.ndarray
+    top_maps: np.ndarray
+    iou_threshold: float = 0.04
+
+    @property
+    def units(self) -> int:
+        return len(self.thresholds)
+
+    def summary(self) -> dict:
+        """units, interpretable (detectors), unique_concepts, per_category {cat: detectors}, unique_per_category."""
+        return tally_summary(self.tally, self.iou_threshold, self.categories)
+
+
+# ----------------------------------------------------------------------------- data and activations
+
+def world_broden(world_cfg: WorldConfig, progress: bool = True) -> Path:
+    """The validation split of the concept world `world_cfg` exported as Broden (cached, exported on first use)."""
+    key = brd.world_key(world_cfg, "val")
+    return brd.export_world(world_cfg, cache_dir("broden") / f"world-val-{world_cfg.image_size}px-{key}",
+                            split="val", progress=progress)
+
+
+def data_hash(root: Path) -> str:
+    """A sha1 over index.csv, label.csv, category.csv and the export marker of a Broden folder."""
+    h = hashlib.sha1()
+    for name in ("index.csv", "label.csv", "category.csv", brd.MARKER):
+        path = root / name
+        if path.is_file():
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+class _Images(torch.utils.data.Dataset):
+    """The images of a Broden set with their indices (the first pass needs no segmentations)."""
+
+    def __init__(self, ds: brd.BrodenDataset):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds.load_image(i), i
+
+
+def _collate_images(items):
+    images, idx = zip(*items)
+    return brd.stack_images(images), torch.tensor(idx)
+
+
+@dataclasses.dataclass
+class _Probe:
+    """The probed layers' activations of a batch of uint8 images (resized and normalised)."""
+
+    model: nn.Module
+    layers: list[str]
+    input_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+
+    def _prepare(self, images) -> torch.Tensor:
+        """uint8 (B, H, W, 3) images (or a list of them) -> normalised float (B, 3, s, s) on the device."""
+        s = self.input_size
+        out = []
+        for im in (images if isinstance(images, list) else [images]):
+            x = im.to(self.device)
+            x = (x.unsqueeze(0) if x.dim() == 3 else x).permute(0, 3, 1, 2).float().div_(255)
+            if tuple(x.shape[-2:]) != (s, s):
+                x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            out.append(x)
+        return (torch.cat(out) - self.mean) / self.std
+
+    def __call__(self, images) -> dict[str, torch.Tensor]:
+        with torch.no_grad(), trace(self.model, self.layers, stop=True, detach=True) as t:
+            run_model(self.model, self._prepare(images))
+        acts = {}
+        for name in self.layers:
+            a = t.outputs[name]
+            if not isinstance(a, torch.Tensor) or a.dim() != 4:
+                shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+                raise ParamError("layers", f"layer {name!r} outputs {shape}; dissection needs a (N, C, H, W) "
+                                           f"convolutional feature map")
+            acts[name] = a.float()
+        return acts
+
+
+def _model_input_size(ds: brd.BrodenDataset, input_size: int | None) -> int:
+    if input_size is None:
+        sizes = {(r.ih, r.iw) for r in ds.rows[:2000]}
+        if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+            raise ParamError("input_size", f"the images of {ds.root} have sizes {sorted(sizes)[:4]}; give input_size")
+        return next(iter(sizes))[0]
+    return integer(8, 4096)("input_size", input_size)
+
+
+# ----------------------------------------------------------------------------- the method
+
+def dissect(model: nn.Module, layers: Sequence[str] | str, broden_root: str | Path, cfg: DissectConfig | None = None,
+            input_size: int | None = None) -> dict[str, LayerDissection]:
+    """Dissect `layers` of `model` on the Broden set at `broden_root`; one LayerDissection per layer.
+
+    Images are resized to `input_size` (default: their own size) and normalised by
+    `cfg.normalize`. Two passes over the data, both cached under ``cache_dir("dissect")`` keyed
+    by the model's weights, the layers, the data and the configuration, with periodic checkpoints.
+    """
+    cfg = cfg or DissectConfig()
+    layers = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
+    if not layers:
+        raise ParamError("layers", "no layers given")
+    for name in layers:
+        get_module(model, name)  # clear error listing valid names
+    if broden_root is None:
+        raise ParamError("broden_root", "no Broden folder given")
+    ds = brd.open_broden(broden_root, cfg.categories, cfg.split)
+    size = _model_input_size(ds, input_size)
+    mean_t, std_t = mean_std(cfg.normalize, ds.root)
+    device = pick_device(cfg.device)
+    probe = _Probe(model, layers, size, torch.tensor(mean_t, device=device).view(1, 3, 1, 1),
+                   torch.tensor(std_t, device=device).view(1, 3, 1, 1), device)
+    key1 = dict(weights=weights_fingerprint(model), layers=layers, data=data_hash(ds.root), split=cfg.split,
+                n=len(ds), quantile=cfg.quantile, method=cfg.quantile_method, max_buffer=cfg.max_buffer,
+                top=cfg.top_images, seed=cfg.seed, size=size, mean=mean_t, std=std_t)
+    path1 = cache.entry("dissect", "pass1", **key1) if cfg.cache else None
+    path2 = cache.entry("dissect", "pass2", pass1=key1, categories=ds.category_names,
+                        union_rule=cfg.union_rule) if cfg.cache else None
+    was_training, first_device = model.training, next(iter(model.parameters()), torch.empty(0)).device
+    model.eval().to(device)
+    try:
+        pass1 = cache.cached(path1, lambda checkpoint: _thresholds(probe, ds, cfg, checkpoint))
+        pass2 = cache.cached(path2, lambda checkpoint: _tally(probe, ds, cfg, pass1, checkpoint))
+    finally:
+        model.to(first_device)
+        model.train(was_training)
+    labels = ds.labels[["number", "name", "category"]].reset_index(drop=True)
+    label_cat = labels["category"].map({c: i for i, c in enumerate(ds.category_names)}).to_numpy()
+    results = {}
+    for name in layers:
+        counts = pass2[name]
+        inter, act_cat, truth = counts["inter"], counts["act_cat"], counts["truth"]
+        iou = iou_from_counts(inter, act_cat, truth, label_cat)
+        results[name] = LayerDissection(
+            layer=name, tally=make_tally(iou, inter, act_cat, truth, labels, ds.category_names), iou=iou,
+            thresholds=pass1[name]["thresholds"].numpy().astype(np.float64), labels=labels,
+            categories=list(ds.category_names), intersection=inter, activation=act_cat, truth=truth,
+            top_images=pass1[name]["top_idx"].numpy(), top_maps=counts["top_maps"],
+            iou_threshold=float(cfg.iou_threshold))
+    return results
+
+
+def _activations(probe: _Probe, stats: streaming.Stats, dataset, collate_fn, cfg: DissectConfig,
+                 checkpoint: cache.Checkpoint, desc: str):
+    """(activations per layer, batch) for each batch of `dataset`, via the resumable `streaming.tally`."""
+    for batch in streaming.tally(stats, dataset, checkpoint, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                 collate_fn=collate_fn, checkpoint_every=cfg.checkpoint_every,
+                                 progress=cfg.progress, desc=desc):
+        yield probe(batch[0]), batch
+
+
+def _thresholds(probe: _Probe, ds: brd.BrodenDataset, cfg: DissectConfig, checkpoint: cache.Checkpoint) -> dict:
+    """Pass 1: each layer's `UnitThresholds` result."""
+    stats = streaming.Stats({name: UnitThresholds(len(ds), cfg.quantile, cfg.quantile_method, cfg.max_buffer,
+                                                  cfg.top_images, seed=cfg.seed * 1_000_003 + j)
+                             for j, name in enumerate(probe.layers)})
+    for acts, (_, idx) in _activations(probe, stats, _Images(ds), _collate_images, cfg, checkpoint,
+                                       "dissect: thresholds"):
+        for name, stat in stats.items():
+            stat.add(acts[name], idx)
+    return {name: stat.result() for name, stat in stats.items()}
+
+
+def _tally(probe: _Probe, ds: brd.BrodenDataset, cfg: DissectConfig, pass1: dict,
+           checkpoint: cache.Checkpoint) -> dict:
+    """Pass 2: each layer's `UnitTally` result (G is the same for every layer; it is tallied per layer)."""
+    labelcat = torch.from_numpy(ds.labelcat)
+    stats = streaming.Stats({name: UnitTally(p1["thresholds"], labelcat, p1["top_idx"], p1["hw"], cfg.union_rule,
+                                             cfg.tally_chunk) for name, p1 in pass1.items()})
+    for acts, (_, seg, scal, idx) in _activations(probe, stats, ds, brd.collate, cfg, checkpoint, "dissect: tally"):
+        for name, stat in stats.items():
+            stat.add(acts[name], seg, scal, idx)
+    return {name: stat.result() for name, stat in stats.items()}
+
+
+# ----------------------------------------------------------------------------- the notebook's study
+
+@dataclasses.dataclass
+class Study:
+    """The dissection notebook's run: the subject, the dissected layers, the Broden folder and the results."""
+
+    subject: Subject
+    layers: list[str]
+    broden_root: Path
+    results: dict[str, LayerDissection]
+
+
+def study(cfg: Config) -> Study:
+    """Dissect `cfg.layers` of the subject (the zoo's concept-world net, or `cfg.model` with
+    `cfg.weights`) on `cfg.broden_root`, or on the scale's concept world exported as Broden."""
+    subject = load_subject(cfg.model, "concept_world" if cfg.weights is None else None, None, cfg.weights,
+                           cfg.scale, cfg.device, cfg.progress, num_classes=cfg.num_classes)
+    names = models.resolve_layers(subject.model, cfg.model, cfg.layers)
+    world = builtin_scale(cfg.scale).world
+    root = Path(cfg.broden_root) if cfg.broden_root is not None else world_broden(world, cfg.progress)
+    return Study(subject, names, root, dissect(subject.model, names, root, cfg, input_size=cfg.input_size))
+
+
+# ----------------------------------------------------------------------------- tables and files
+
+def _summaries(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float):
+    for layer, res in results.items():
+        yield layer, res.summary() if isinstance(res, LayerDissection) else tally_summary(res, iou_threshold)
+
+
+def summary_table(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float = 0.04) -> pd.DataFrame:
+    """One row per layer: units, detectors, share, unique concepts, detectors per category."""
+    rows = []
+    for layer, s in _summaries(results, iou_threshold):
+        row = {"layer": layer, "units": s["units"], "detectors": s["interpretable"],
+               "detector share": round(s["interpretable"] / max(1, s["units"]), 3),
+               "unique concepts": s["unique_concepts"]}
+        row.update({f"{c} detectors": n for c, n in s["per_category"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def detectors_per_category(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float = 0.04,
+                           unique: bool = False) -> pd.DataFrame:
+    """Long table (layer, category, detectors or unique concepts) for the per-layer plot."""
+    column = "unique concepts" if unique else "detectors"
+    return pd.DataFrame([{"layer": layer, "category": c, column: n}
+                         for layer, s in _summaries(results, iou_threshold)
+                         for c, n in s["unique_per_category" if unique else "per_category"].items()])
+
+
+def planted_coverage(results: Mapping[str, LayerDissection], iou_threshold: float | None = None) -> pd.DataFrame:
+    """Per category: concepts of the data set (labels present), and how many have a detector in any layer.
+
+    For the concept world these are the world's planted concepts.
+    """
+    any_res = next(iter(results.values()))
+    thr = any_res.iou_threshold if iou_threshold is None else iou_threshold
+    found: dict[str, set] = {}
+    for res in results.values():
+        det = res.tally[res.tally["score"] >= thr]
+        for cat, lab in zip(det["category"], det["label"]):
+            found.setdefault(cat, set()).add(lab)
+    rows = []
+    labels = any_res.labels.assign(truth=any_res.truth)
+    for cat in any_res.categories:
+        present = labels[(labels["category"] == cat) & (labels["truth"] > 0)]
+        hit = sorted(found.get(cat, set()))
+        rows.append({"category": cat, "concepts": len(present), "with detector": len(hit),
+                     "detected": ", ".join(hit)})
+    return pd.DataFrame(rows)
+
+
+def safe_name(name: str) -> str:
+    """A layer name as a folder name (characters other than letters, digits and -_. become _)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def save_results(results: Mapping[str, LayerDissection], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<out_dir>/<layer>/tally.csv`` and ``thresholds.csv`` per layer; return the tally paths."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for layer, res in results.items():
+        folder = out_dir / safe_name(layer)
+        paths[layer] = atomic_write_csv(res.tally, folder / "tally.csv")
+        atomic_write_csv(pd.DataFrame({"unit": np.arange(1, res.units + 1), "threshold": res.thresholds}),
+                         folder / "thresholds.csv")
+    return paths
+
+
+def read_tally(path: str | Path) -> pd.DataFrame:
+    """Load a tally.csv (ours or a published NetDissect / NetDissect-Lite one) as a DataFrame.
+
+    Checks the columns ``unit, category, label, score`` and the per-category groups; empty
+    labels become '-', numbers become numbers; rows are sorted by score as in tally.csv.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "tally file not found", expected="a tally.csv written by NetDissect(-Lite) or dissect")
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[])
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot be read as CSV ({str(exc).splitlines()[0][:200]})") from exc
+    missing = [c for c in TALLY_BASE if c not in df.columns]
+    if missing:
+        raise DataError(path, f"lacks column(s) {', '.join(missing)}",
+                        expected="columns unit,category,label,score,<cat>-label,<cat>-truth,...")
+    for c in df.columns:
+        if c == "score" or c.endswith(("-truth", "-activation", "-intersect", "-iou")):
+            values = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
+            if values.isna().any() and c == "score":
+                row = int(np.flatnonzero(values.isna())[0]) + 2
+                raise DataError(path, f"row {row}: score {df[c].iloc[row - 2]!r} is not a number")
+            df[c] = values.fillna(0.0)
+        elif c in ("category", "label") or c.endswith("-label"):
+            df[c] = df[c].astype(str).replace("", NO_LABEL)
+    df["unit"] = pd.to_numeric(df["unit"], errors="coerce")
+    if df["unit"].isna().any():
+        raise DataError(path, "column 'unit' holds non-integers")
+    df["unit"] = df["unit"].astype(int)
+    return df.sort_values(["score", "unit"], ascending=[False, True], kind="stable").reset_index(drop=True)

@@ -1,0 +1,207 @@
+"""What every method analyses: a `Subject` (a classifier and its data), built by `load_subject`.
+
+- `SCALES` is the one table of built-in scales: per scale, the concept worlds and the zoo's recipe.
+- `Data` is a data set's splits with what describes them (class names, normalisation, input size,
+  a label for tables, a key for caches); `load_data(dataset, data_root, scale, ...)` builds it.
+- `Subject` is a model with its `Data` and validation accuracy; `load_subject(model, dataset,
+  data_root, weights, scale, ...)` builds it: on the concept world without `weights` the zoo's
+  trained model, otherwise the architecture with the user's weights loaded. A real data set
+  without weights is refused, so no method analyses a random network by accident
+  (``allow_untrained=True`` says that this is the point).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from pathlib import Path
+
+from torch import nn
+
+from . import data, models, zoo
+from .errors import ParamError
+from .runtime import pick_device, resolve_path
+from .train import TrainConfig
+from .world import WorldConfig, fingerprint as world_fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """A built-in scale: the concept worlds by purpose and the zoo's training recipe.
+
+    worlds["zoo"]: the world the zoo's nets train on (NAD, dissection, decomposition);
+    worlds["dka"] / worlds["hetero"]: the 32 px worlds of the methods that train many networks.
+    """
+
+    worlds: dict[str, WorldConfig]
+    recipe: TrainConfig
+
+    @property
+    def world(self) -> WorldConfig:
+        return self.worlds["zoo"]
+
+
+_ZOO_RECIPE = TrainConfig(epochs=6, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-4,
+                          schedule="cosine", seed=0)
+_SMOKE_WORLD = WorldConfig(image_size=32, n_train=600, n_val=200)
+
+#: The built-in scales: "default" for `make reproduce`, "smoke" for the notebook tests.
+SCALES: dict[str, Scale] = {
+    "default": Scale({"zoo": WorldConfig(), "dka": WorldConfig(image_size=32),
+                      "hetero": WorldConfig(image_size=32, n_train=2000, n_val=500)}, _ZOO_RECIPE),
+    "smoke": Scale({"zoo": _SMOKE_WORLD, "dka": _SMOKE_WORLD,
+                    "hetero": WorldConfig(image_size=32, n_train=320, n_val=160)},
+                   dataclasses.replace(_ZOO_RECIPE, epochs=2, batch_size=64)),
+}
+
+
+def scale(name: str) -> Scale:
+    """The built-in scale `name` ('default' or 'smoke')."""
+    if name not in SCALES:
+        raise ParamError("scale", f"unknown scale {name!r}; choose one of {', '.join(SCALES)}")
+    return SCALES[name]
+
+
+# ----------------------------------------------------------------------------- data
+_LABELS = {"concept_world": "concept world", "cifar10": "CIFAR-10", "imagenet": "ImageNet", "places365": "Places365",
+           "imagefolder": "ImageFolder"}
+
+
+@dataclasses.dataclass
+class Data:
+    """A data set's splits (built on first use) and what describes them."""
+
+    dataset: str
+    root: Path | None = None
+    world: WorldConfig | None = None
+    image_size: int | None = None
+    normalize: object = None
+    progress: bool = True
+
+    def split(self, name: str, augment: bool = False):
+        """Split 'train' or 'val' ('val' is CIFAR-10's test split), with or without training augmentation."""
+        return data.get_dataset(self.dataset, self.root, split=name, train_aug=augment, image_size=self.image_size,
+                                normalize=self.normalize, world=self.world, progress=self.progress)
+
+    @cached_property
+    def train(self):
+        """Training images with evaluation transforms (path search, feature extraction)."""
+        return self.split("train")
+
+    @cached_property
+    def train_aug(self):
+        """Training images with the data set's training augmentation."""
+        return self.split("train", augment=True)
+
+    @cached_property
+    def val(self):
+        return self.split("val")
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.val.classes]
+
+    @property
+    def input_size(self) -> int:
+        if self.image_size is not None:
+            return int(self.image_size)
+        if self.world is not None:
+            return self.world.image_size
+        return 32 if self.dataset == "cifar10" else 224
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) the images are normalised with."""
+        return data.resolve_normalize(self.dataset, self.normalize)
+
+    @property
+    def label(self) -> str:
+        """How tables name this data, e.g. 'concept world (64 px)'."""
+        name = _LABELS.get(self.dataset, self.dataset)
+        return f"{name} ({self.input_size} px)" if self.world is not None else name
+
+    @cached_property
+    def source(self):
+        """The world's configuration, or a content fingerprint of the files (`data.fingerprint`)."""
+        return world_fingerprint(self.world) if self.world is not None else data.fingerprint(self.root)
+
+    def key(self) -> dict:
+        """What identifies the data in cache keys."""
+        return {"dataset": self.dataset, "source": self.source, "image_size": self.image_size,
+                "normalize": self.mean_std}
+
+
+def load_data(dataset: str = "concept_world", data_root: str | Path | None = None, scale_name: str = "default",
+              world: str = "zoo", image_size: int | None = None, normalize=None, progress: bool = True) -> Data:
+    """The splits of `dataset`: the built-in world `world` of scale `scale_name`, or the real data at `data_root`."""
+    if dataset not in data.DATASETS:
+        raise ParamError("dataset", f"unknown data set {dataset!r}; valid names: {', '.join(data.DATASETS)}")
+    if dataset == "concept_world":
+        w = scale(scale_name).worlds[world]
+        if image_size is not None and image_size != w.image_size:
+            w = dataclasses.replace(w, image_size=int(image_size))
+        return Data(dataset, None, w, None, normalize, progress)
+    if data_root is None:
+        raise ParamError("data_root", f"data set {dataset!r} needs data_root: {data.layout(dataset)}")
+    return Data(dataset, resolve_path(data_root), None, image_size, normalize, progress)
+
+
+# ----------------------------------------------------------------------------- subject
+@dataclasses.dataclass
+class Subject:
+    """A classifier to analyse with its data: what every method starts from."""
+
+    name: str                       # architecture (models.build name)
+    model: nn.Module
+    data: Data | None
+    weights: str | None = None      # checkpoint the weights came from (None: the zoo's trained model)
+    val_acc: float | None = None    # validation accuracy when known (the zoo's)
+    untrained: bool = False         # a randomly initialised network, on purpose
+
+    @property
+    def train_ds(self):
+        return self.data.train
+
+    @property
+    def val_ds(self):
+        return self.data.val
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+    @property
+    def input_size(self) -> int:
+        return self.data.input_size
+
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset if self.data is not None else "-"
+
+
+def load_subject(model: str = "small_vgg", dataset: str | None = "concept_world", data_root=None, weights=None,
+                 scale_name: str = "default", device: str = "auto", progress: bool = True, *, world: str = "zoo",
+                 image_size: int | None = None, normalize=None, num_classes: int | None = None,
+                 allow_untrained: bool = False) -> Subject:
+    """The classifier `model` and its data.
+
+    On the concept world without `weights`: the zoo's `model` trained on the scale's world (cached).
+    Otherwise `models.build(model)` with `weights` loaded (a DataError names a missing or unfitting
+    file). `dataset=None` gives the model alone (then `num_classes` is needed). Without weights
+    on real data the call is refused unless `allow_untrained`.
+    """
+    d = None if dataset is None else load_data(dataset, data_root, scale_name, world, image_size, normalize, progress)
+    dev = pick_device(device)
+    if d is not None and d.world is not None and weights is None:
+        entry = zoo.trained(model, d.world, scale(scale_name).recipe, device=device, progress=progress)
+        return Subject(model, entry.model, d, None, entry.val_acc)
+    if weights is None and not allow_untrained:
+        raise ParamError("weights", f"{dataset or 'this run'} needs the trained classifier's checkpoint: without "
+                                    f"weights the {model} would be a random network (only the concept world "
+                                    "has built-in trained models)")
+    if num_classes is None:
+        if d is None:
+            raise ParamError("num_classes", "give the number of classes of the weights (e.g. 1000 for ImageNet)")
+        num_classes = len(d.classes)
+    net = models.build(model, int(num_classes), weights=resolve_path(weights) if weights is not None else None)
+    return Subject(model, net.eval().to(dev), d, None if weights is None else str(weights), None, weights is None)
