@@ -1,4 +1,4 @@
-"""The one training loop: SGD/Adam/AdamW, cosine or step schedule, AMP and channels-last on CUDA,
+"""The one training loop: SGD/Adam/AdamW, cosine, one-cycle or step schedule, AMP and channels-last on CUDA,
 an atomic checkpoint every epoch with exact resume, tqdm progress, and DDP under torchrun."""
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from .cache import Checkpoint
 from .runtime import autocast, pick_device, seed_everything
 
 
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
+
+
 class TrainingDiverged(NetanatomyError):
     """A batch loss exceeded `max_loss` or was not finite."""
 
@@ -37,7 +40,7 @@ class TrainConfig:
     optimizer: str = "sgd"          # sgd | adam | adamw
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"        # cosine | step | constant
+    schedule: str = "cosine"        # cosine | onecycle (per step: warm-up then linear decay) | step | constant
     step_size: int = 30             # step schedule: divide lr by 1/gamma every step_size epochs
     gamma: float = 0.1
     label_smoothing: float = 0.0
@@ -47,6 +50,7 @@ class TrainConfig:
     channels_last: bool = True      # CUDA only
     num_workers: int = 0
     max_loss: float | None = None   # divergence guard: a batch loss above this (or NaN) stops training
+    eval_every: int = 1             # validate after every n-th epoch and always after the last (0: only the last)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -54,7 +58,9 @@ class TrainConfig:
         require(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", f"must be an integer >= 1, got {self.batch_size!r}")
         require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         require(self.optimizer in ("sgd", "adam", "adamw"), "optimizer", f"must be sgd, adam or adamw, got {self.optimizer!r}")
-        require(self.schedule in ("cosine", "step", "constant"), "schedule", f"must be cosine, step or constant, got {self.schedule!r}")
+        require(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        require(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every",
+                f"must be an integer >= 0, got {self.eval_every!r}")
         require(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 
 
@@ -75,7 +81,11 @@ def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule; one-cycle steps after every batch, the others after every epoch."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1),
+                                                   pct_start=0.25, anneal_strategy="linear")
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     if cfg.schedule == "step":
@@ -133,8 +143,12 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
     model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler,
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.num_workers > 0)
     optimizer = _make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    scheduler = _make_scheduler(optimizer, cfg)
+    scheduler = _make_scheduler(optimizer, cfg, len(loader))
     checkpoint = checkpoint or Checkpoint(None)
     history: list[dict] = []
     state = checkpoint.load()
@@ -145,20 +159,19 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
         _set_rng_state(state["rng"])
         history = state["history"]
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.num_workers > 0)
-    step = _Step(net, optimizer, loss_fn or cross_entropy_loss(cfg.label_smoothing), cfg, device)
+    per_step = scheduler if cfg.schedule == "onecycle" else None
+    step = _Step(net, optimizer, loss_fn or cross_entropy_loss(cfg.label_smoothing), cfg, device, per_step)
     show = cfg.progress and rank == 0
     last = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     for epoch in range(len(history), last):
         sampler.set_epoch(epoch)
         loader.generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         metrics = step.epoch(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False), epoch)
-        scheduler.step()
+        if per_step is None:
+            scheduler.step()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **metrics}
-        if val_ds is not None and rank == 0:
+        due = epoch + 1 == cfg.epochs or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
+        if val_ds is not None and rank == 0 and due:
             row.update({f"val_{k}": v for k, v in evaluate(model, val_ds, cfg.batch_size, device,
                                                              amp=cfg.amp, progress=False).items()})
         history.append(row)
@@ -183,8 +196,10 @@ def _train_device(cfg: TrainConfig, rank: int, world: int) -> torch.device:
 class _Step:
     """One epoch of optimisation steps (loss, divergence guard, backward, step) with running metrics."""
 
-    def __init__(self, net: nn.Module, optimizer, loss_fn: LossFn, cfg: TrainConfig, device: torch.device):
+    def __init__(self, net: nn.Module, optimizer, loss_fn: LossFn, cfg: TrainConfig, device: torch.device,
+                 scheduler=None):
         self.net, self.optimizer, self.loss_fn, self.cfg, self.device = net, optimizer, loss_fn, cfg, device
+        self.scheduler = scheduler  # a per-step schedule (one-cycle), else None
 
     def epoch(self, batches, epoch: int) -> dict:
         cfg, device = self.cfg, self.device
@@ -208,6 +223,8 @@ class _Step:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             total_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
