@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: reproduce test venv lab clean-reports
+.PHONY: reproduce reproduce-real test venv lab clean-reports
 
 venv: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 reproduce: $(STAMP)
 	$(PY) -m netanatomy.reproduce --set default --out reports
+
+# every real-data set at its documented size (see README, "make reproduce-real"); resumes where it stopped
+reproduce-real: $(STAMP)
+	$(PY) -m netanatomy.reproduce --set real --out reports/real
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -25,17 +25,25 @@ def test_notebook_is_committed_clean_with_parameters_cell(name):
     assert (ROOT / "params" / f"{name}.yaml").exists() and (ROOT / "params" / f"{name}.smoke.yaml").exists()
 
 
-@pytest.mark.parametrize("param_file", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("param_file", sorted(p for p in (ROOT / "params").glob("*.yaml") if p.name != "runs.yaml"),
+                         ids=lambda p: p.name)
 def test_parameter_files_use_declared_names(param_file):
     notebook = reproduce.notebook_of(param_file)
     assert notebook in NOTEBOOKS, f"{param_file.name}: no notebook {notebook!r}"
     params.check_names(ROOT / "notebooks" / f"{notebook}.ipynb", yaml.safe_load(param_file.read_text()) or {})
 
 
+@pytest.mark.parametrize("set_name", reproduce.MANIFEST_SETS)
+def test_every_listed_run_has_its_parameter_file(set_name):
+    runs = reproduce.runs_for(set_name, None, ROOT / "notebooks", ROOT / "params")
+    assert runs and all(r.notebook in NOTEBOOKS and r.params_file.exists() for r in runs), runs
+    assert len({r.name for r in runs}) == len(runs)
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_headless_on_smoke_set(name, tmp_path):
-    outcome = reproduce.run_one(name, reproduce.params_file(name, "smoke", ROOT / "params"), tmp_path, ROOT / "notebooks")
+    outcome = reproduce.run_one(reproduce.run_of(name, "smoke", ROOT / "params"), tmp_path, ROOT / "notebooks")
     assert outcome.status == "ok", f"{name} failed in cell {outcome.failing_cell}: {outcome.error}"
     assert (tmp_path / f"{name}.html").stat().st_size > 10_000
 
@@ -50,7 +58,7 @@ def test_decomposition_notebook_on_shared_real_data(tmp_path, monkeypatch):
         pytest.skip(f"shared real-data files absent: {', '.join(missing)} (see ../shared/data/README.md)")
     assert reproduce.params_file("decomposition", "cifar10_resnet20", ROOT / "params") == pfile
     monkeypatch.setenv("NETANATOMY_REPORTS", str(tmp_path))  # the kernel writes its tables here
-    outcome = reproduce.run_one("decomposition", pfile, tmp_path, ROOT / "notebooks")
+    outcome = reproduce.run_one(reproduce.Run("decomposition", "decomposition", pfile), tmp_path, ROOT / "notebooks")
     assert outcome.status == "ok", f"failed in cell {outcome.failing_cell}: {outcome.error}"
     findings = " ".join(json.loads((tmp_path / "decomposition" / "findings.json").read_text())["findings"])
     assert "CIFAR-10 test[0:1000]" in findings

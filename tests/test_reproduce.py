@@ -54,3 +54,45 @@ def test_named_parameter_set_is_found_by_its_notebook_line(tmp_path):
 
 def test_findings_markdown_is_rendered_escaped_in_the_index():
     assert reproduce.inline_markdown("**0.87** vs `a<b`\nnext") == "<b>0.87</b> vs <code>a&lt;b</code><br>next"
+
+
+def test_named_runs_write_their_own_report_folder_and_index_rows(tmp_path):
+    nbs, prm, out = tmp_path / "notebooks", tmp_path / "params", tmp_path / "out"
+    nbs.mkdir(), prm.mkdir()
+    _write(nbs / "nb.ipynb", ["x = 1", "import os, pathlib\n"
+                              "d = pathlib.Path(os.environ['NETANATOMY_REPORTS']) / os.environ['NETANATOMY_RUN']\n"
+                              "d.mkdir(parents=True, exist_ok=True); (d / 'x.txt').write_text(str(x))"])
+    (prm / "nb.yaml").write_text("x: 1\n")
+    (prm / "nb.big.yaml").write_text("x: 5\n")
+    (prm / "runs.yaml").write_text("default: [nb, nb.big]\nreal: [nb.big]\n")
+    outcomes = reproduce.run(None, "default", out, nbs, prm)
+    assert [o.run for o in outcomes] == ["nb", "nb.big"] and all(o.status == "ok" for o in outcomes)
+    assert (out / "nb" / "x.txt").read_text() == "1" and (out / "nb.big" / "x.txt").read_text() == "5"
+    assert "nb.big.html" in (out / "index.html").read_text()
+    assert [o.run for o in reproduce.run(None, "real", out, nbs, prm)] == ["nb.big"]
+
+
+def test_a_failed_run_never_shows_an_earlier_runs_findings(tmp_path):
+    nbs, prm, out = tmp_path / "notebooks", tmp_path / "params", tmp_path / "out"
+    nbs.mkdir(), prm.mkdir()
+    _write(nbs / "nb.ipynb", ["fail = False", "import pandas as pd\nfrom netanatomy.report import Reporter\n"
+                              "rep = Reporter('nb')\nassert not fail, 'this run fails'\n"
+                              "rep.table(pd.DataFrame({'a': [1]}), 'good_table')\nrep.say('finding of a good run')"])
+    (prm / "nb.yaml").write_text("fail: false\n")
+    reproduce.run(["nb"], "default", out, nbs, prm)
+    assert (out / "nb" / "good_table.csv").exists() and "finding of a good run" in (out / "index.html").read_text()
+    (prm / "nb.yaml").write_text("fail: true\n")
+    (bad,) = reproduce.run(["nb"], "default", out, nbs, prm)
+    assert bad.status == "failed" and "this run fails" in bad.error
+    assert not (out / "nb" / "good_table.csv").exists() and (out / "nb" / "provenance.json").exists()
+    assert "finding of a good run" not in (out / "index.html").read_text()
+    # a run that fails before it writes anything leaves nothing of the earlier run either
+    reproduce.run(["nb"], "default", out, nbs, prm.parent / "none")  # no parameter file: the notebook's defaults
+    _write(nbs / "nb.ipynb", ["fail = False", "raise RuntimeError('before any report')"])
+    reproduce.run(["nb"], "default", out, nbs, prm)
+    assert not (out / "nb").exists()
+
+
+def test_unknown_set_stops_with_one_line(tmp_path, capsys):
+    assert reproduce.main(["--set", "nosuchset", "--out", str(tmp_path)]) == 2
+    assert "no run in parameter set 'nosuchset'" in capsys.readouterr().err

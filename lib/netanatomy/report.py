@@ -33,11 +33,13 @@ def clear(folder: Path) -> None:
 
 
 class Reporter:
-    """Writes one notebook's results under reports/<notebook>/, each with the provenance of the run."""
+    """Writes one run's results under reports/<run>/ (the notebook's name unless the runner names the run),
+    each with the provenance of the run; an earlier run's folder is cleared first."""
 
     def __init__(self, notebook: str, params: dict | None = None, device: Any = None):
         self.notebook = notebook
-        self.dir = reports_root() / notebook
+        # the runner names the run (e.g. nad_hitrate.cifar10); a notebook run by hand writes under its own name
+        self.dir = reports_root() / (os.environ.get("NETANATOMY_RUN") or notebook)
         clear(self.dir)  # a run's folder never mixes its results with an earlier run's
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = provenance(params, device)
