@@ -584,7 +584,8 @@ def generate(cfg: WorldConfig | None = None, split: str = "train", progress: boo
         raise ParamError("world", f"expected a WorldConfig, got {type(cfg).__name__}")
     _check_split(split)
     out = cached(cache_path(cfg, split), lambda _checkpoint: _render_split(cfg, split, progress),
-                 read_file=lambda path: _read(path, cfg, split, with_masks), write_file=_write)
+                 read_file=lambda path: _read(path, cfg, split, with_masks), write_file=_write,
+                 label=f"world: render {split} ({cfg.size(split)} images, {cfg.image_size} px)")
     masks = {c: v.astype(np.int16) for c, v in out.masks.items()} if with_masks else {}
     return replace(out, masks=masks)
 

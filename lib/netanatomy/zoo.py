@@ -67,7 +67,8 @@ def trained(name: str, world: WorldConfig, recipe: TrainConfig, width_mult: floa
         return {"model": model.cpu().state_dict(), "history": history.to_dict("records")}
 
     path = cache_path(name, world, recipe, width_mult)
-    saved = cached(path, train)
+    saved = cached(path, train, label=f"zoo: train {name} ({recipe.epochs} epochs, {world.n_train} images, "
+                                      f"{world.image_size} px)")
     model.load_state_dict(saved["model"])
     model.eval().to(pick_device(device))
     history = pd.DataFrame(saved["history"])
