@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from netanatomy import models
+from netanatomy import data, models
+from netanatomy.train import predict
 from netanatomy.errors import DataError, ParamError
 
 
@@ -69,3 +72,24 @@ def test_head_swap_and_pooled_features():
     torch.testing.assert_close(lin(f), logits)
     models.set_head(m, torch.nn.Linear(64, 4))
     assert m(x).shape == (3, 4)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: Correct predictions of the published akamaster CIFAR ResNets on CIFAR-10 test[0:1000] (original
+#: pixels, ImageNet mean/std as the checkpoints were trained), counted by this repository. The
+#: checkpoints' own `best_prec1` (full test set): 91.78 / 92.78 / 93.14 / 93.62 % (../shared/data/README.md).
+PUBLISHED_CIFAR = {"resnet20": ("resnet20-12fca82f.th", 915), "resnet32": ("resnet32-d509ac18.th", 928),
+                   "resnet44": ("resnet44-014dd654.th", 933), "resnet56": ("resnet56-4bfd9763.th", 926)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PUBLISHED_CIFAR))
+def test_published_cifar_resnets_reproduce_their_accuracy_on_test_first1000(name):
+    weights, correct = PUBLISHED_CIFAR[name]
+    files = [SHARED / "weights" / weights, SHARED / "cifar10" / "cifar10_test_first1000.npz"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        pytest.skip(f"shared files absent: {', '.join(missing)}")
+    ds = data.get_dataset("cifar10", files[1], split="test", normalize="imagenet")
+    logits, labels = predict(models.build(name, 10, weights=files[0]), ds, device="cpu")
+    assert int((logits.argmax(1) == labels).sum()) == correct
