@@ -82,3 +82,14 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt")
     for k, v in single.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [16, 64, 256])
+def test_onecycle_runs_at_any_length_and_peaks_at_lr(n):
+    cfg = dataclasses.replace(CFG, schedule="onecycle", epochs=2, lr=0.05)
+    hist = fit(_net(), _data(n), None, cfg)  # 2, 8 and 32 optimiser steps
+    assert len(hist) == 2 and max(hist["lr"]) <= 0.05 + 1e-12
+    if n == 256:  # one-cycle: annealed to far below the peak by the end
+        assert hist["lr"].iloc[-1] < 0.001
+    else:  # too few steps for a cycle: constant
+        assert hist["lr"].tolist() == [0.05, 0.05]

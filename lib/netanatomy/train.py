@@ -83,9 +83,10 @@ def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """The learning-rate schedule; one-cycle steps after every batch, the others after every epoch."""
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1),
-                                                   pct_start=0.25, anneal_strategy="linear")
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle" and total >= 8:  # shorter runs have no room for a warm-up: constant lr
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+                                                   anneal_strategy="linear")
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     if cfg.schedule == "step":
