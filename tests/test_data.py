@@ -398,3 +398,8 @@ def test_fingerprint_changes_with_any_file(tmp_path):
     after_edit = D.fingerprint(tmp_path)
     (tmp_path / "a" / "y.png").write_bytes(b"3")
     assert D.fingerprint(tmp_path) != after_edit
+
+
+def test_missing_npz_is_named_as_missing_not_as_test_only(tmp_path):
+    with pytest.raises(DataError, match="npz file not found"):
+        D.get_dataset("cifar10", tmp_path / "absent.npz", split="train")

@@ -493,6 +493,8 @@ def get_dataset(name: str, root: str | Path | None = None, split: str = "train",
         return cifar10_jpeg(root, split, transform, progress)
     if name == "cifar10":
         if root.suffix == ".npz" or root.is_file():
+            if not root.is_file():
+                raise DataError(root, "CIFAR-10 npz file not found", expected=layout("cifar10"))
             if _cifar_split(split) == "train":
                 raise ParamError("split", f"{root} holds CIFAR-10 test images only; use split='test' and "
                                           "split_indices() to carve a fit part out of it")
