@@ -30,7 +30,8 @@ class Scale:
     """A built-in scale: the concept worlds by purpose and the zoo's training recipe.
 
     worlds["zoo"]: the world the zoo's nets train on (NAD, dissection, decomposition);
-    worlds["dka"] / worlds["hetero"]: the 32 px worlds of the methods that train many networks.
+    worlds["dka"] / worlds["hetero"]: the smaller worlds (24 px and 16 px) of the methods that train
+    many networks (five seeds of each arm) within the time budget.
     """
 
     worlds: dict[str, WorldConfig]
@@ -41,16 +42,19 @@ class Scale:
         return self.worlds["zoo"]
 
 
-_ZOO_RECIPE = TrainConfig(epochs=6, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-4,
-                          schedule="cosine", seed=0)
+#: The zoo's recipe: 3 epochs of one-cycle SGD (peak lr 0.2) with label smoothing 0.1, validated once at
+#: the end. It reaches about the accuracy of the earlier 6-epoch cosine recipe (0.863 against 0.871 for
+#: small_vgg) in half the time (issue 17).
+_ZOO_RECIPE = TrainConfig(epochs=3, batch_size=128, lr=0.2, optimizer="sgd", weight_decay=5e-4,
+                          schedule="onecycle", label_smoothing=0.1, eval_every=0, seed=0)
 _SMOKE_WORLD = WorldConfig(image_size=32, n_train=600, n_val=200)
 
 #: The built-in scales: "default" for `make reproduce`, "smoke" for the notebook tests.
 SCALES: dict[str, Scale] = {
-    "default": Scale({"zoo": WorldConfig(), "dka": WorldConfig(image_size=32),
-                      "hetero": WorldConfig(image_size=32, n_train=2000, n_val=500)}, _ZOO_RECIPE),
+    "default": Scale({"zoo": WorldConfig(), "dka": WorldConfig(image_size=24, n_train=2000, n_val=1000),
+                      "hetero": WorldConfig(image_size=16, n_train=2000, n_val=3000)}, _ZOO_RECIPE),
     "smoke": Scale({"zoo": _SMOKE_WORLD, "dka": _SMOKE_WORLD,
-                    "hetero": WorldConfig(image_size=32, n_train=320, n_val=160)},
+                    "hetero": WorldConfig(image_size=16, n_train=320, n_val=160)},
                    dataclasses.replace(_ZOO_RECIPE, epochs=2, batch_size=64)),
 }
 
