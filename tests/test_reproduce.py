@@ -1,4 +1,5 @@
 import nbformat
+import pytest
 import yaml
 
 from netanatomy import reproduce
@@ -12,9 +13,16 @@ def _write(path, cells):
     nbformat.write(nb, path)
 
 
-def test_runner_reports_failures_and_continues(tmp_path):
-    nbs, prm, out = tmp_path / "notebooks", tmp_path / "params", tmp_path / "out"
+@pytest.fixture
+def dirs(tmp_path):
+    """(notebooks, params, out) folders of a throw-away project."""
+    nbs, prm = tmp_path / "notebooks", tmp_path / "params"
     nbs.mkdir(), prm.mkdir()
+    return nbs, prm, tmp_path / "out"
+
+
+def test_runner_reports_failures_and_continues(dirs):
+    nbs, prm, out = dirs
     _write(nbs / "bad.ipynb", ["x = 1", "y = x + 1", "raise RuntimeError('boom at ' + str(y))"])
     _write(nbs / "good.ipynb", ["x = 1", "print(x * 21)"])
     (prm / "good.yaml").write_text(yaml.safe_dump({"x": 2}))
@@ -28,9 +36,8 @@ def test_runner_reports_failures_and_continues(tmp_path):
     assert "boom at 2" in index and "in cell 4" in index and "good.html" in index
 
 
-def test_runner_rejects_unknown_parameter_before_running(tmp_path):
-    nbs, prm, out = tmp_path / "notebooks", tmp_path / "params", tmp_path / "out"
-    nbs.mkdir(), prm.mkdir()
+def test_runner_rejects_unknown_parameter_before_running(dirs):
+    nbs, prm, out = dirs
     _write(nbs / "nb.ipynb", ["x = 1", "print(x)"])
     (prm / "nb.smoke.yaml").write_text(yaml.safe_dump({"x": 1, "typo": 3}))
     (outcome,) = reproduce.run(["nb"], "smoke", out, nbs, prm)
@@ -56,9 +63,8 @@ def test_findings_markdown_is_rendered_escaped_in_the_index():
     assert reproduce.inline_markdown("**0.87** vs `a<b`\nnext") == "<b>0.87</b> vs <code>a&lt;b</code><br>next"
 
 
-def test_named_runs_write_their_own_report_folder_and_index_rows(tmp_path):
-    nbs, prm, out = tmp_path / "notebooks", tmp_path / "params", tmp_path / "out"
-    nbs.mkdir(), prm.mkdir()
+def test_named_runs_write_their_own_report_folder_and_index_rows(dirs):
+    nbs, prm, out = dirs
     _write(nbs / "nb.ipynb", ["x = 1", "import os, pathlib\n"
                               "d = pathlib.Path(os.environ['NETANATOMY_REPORTS']) / os.environ['NETANATOMY_RUN']\n"
                               "d.mkdir(parents=True, exist_ok=True); (d / 'x.txt').write_text(str(x))"])
@@ -72,9 +78,8 @@ def test_named_runs_write_their_own_report_folder_and_index_rows(tmp_path):
     assert [o.run for o in reproduce.run(None, "real", out, nbs, prm)] == ["nb.big"]
 
 
-def test_a_failed_run_never_shows_an_earlier_runs_findings(tmp_path):
-    nbs, prm, out = tmp_path / "notebooks", tmp_path / "params", tmp_path / "out"
-    nbs.mkdir(), prm.mkdir()
+def test_a_failed_run_never_shows_an_earlier_runs_findings(dirs):
+    nbs, prm, out = dirs
     _write(nbs / "nb.ipynb", ["fail = False", "import pandas as pd\nfrom netanatomy.report import Reporter\n"
                               "rep = Reporter('nb')\nassert not fail, 'this run fails'\n"
                               "rep.table(pd.DataFrame({'a': [1]}), 'good_table')\nrep.say('finding of a good run')"])

@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from . import data, models, zoo
-from .errors import ParamError
+from .errors import DataError, ParamError
 from .runtime import pick_device, resolve_path
 from .train import TrainConfig
 from .world import WorldConfig, fingerprint as world_fingerprint
@@ -67,13 +67,18 @@ def scale(name: str) -> Scale:
 
 
 # ----------------------------------------------------------------------------- data
-_LABELS = {"concept_world": "concept world", "cifar10": "CIFAR-10", "imagenet": "ImageNet", "places365": "Places365",
-           "imagefolder": "ImageFolder"}
+_LABELS = {"concept_world": "concept world", "cifar10": "CIFAR-10", "cifar10_jpeg": "CIFAR-10 (JPEG)",
+           "imagenet": "ImageNet", "places365": "Places365", "imagefolder": "ImageFolder"}
 
 
 @dataclasses.dataclass
 class Data:
-    """A data set's splits (built on first use) and what describes them."""
+    """A data set's splits (built on first use) and what describes them.
+
+    The evaluation split may come from another source of the same classes (`eval_dataset`,
+    `eval_root`): e.g. training images from the CIFAR-10 JPEG archive and evaluation on the
+    original pixels of test images 0-999.
+    """
 
     dataset: str
     root: Path | None = None
@@ -81,10 +86,14 @@ class Data:
     image_size: int | None = None
     normalize: object = None
     progress: bool = True
+    eval_dataset: str | None = None
+    eval_root: Path | None = None
 
     def split(self, name: str, augment: bool = False):
         """Split 'train' or 'val' ('val' is CIFAR-10's test split), with or without training augmentation."""
-        return data.get_dataset(self.dataset, self.root, split=name, train_aug=augment, image_size=self.image_size,
+        dataset, root = (self.eval_dataset or self.dataset, self.eval_root or self.root) if name == "val" else \
+            (self.dataset, self.root)
+        return data.get_dataset(dataset, root, split=name, train_aug=augment, image_size=self.image_size,
                                 normalize=self.normalize, world=self.world, progress=self.progress)
 
     @cached_property
@@ -99,7 +108,12 @@ class Data:
 
     @cached_property
     def val(self):
-        return self.split("val")
+        val = self.split("val")
+        if self.eval_dataset is not None and list(val.classes) != list(self.train.classes):
+            raise DataError(self.eval_root, f"holds the classes {list(val.classes)[:5]}..., not those of the "
+                                            f"training data {list(self.train.classes)[:5]}...",
+                            expected="the same classes in the same order")
+        return val
 
     @property
     def classes(self) -> list[str]:
@@ -111,7 +125,7 @@ class Data:
             return int(self.image_size)
         if self.world is not None:
             return self.world.image_size
-        return 32 if self.dataset == "cifar10" else 224
+        return 32 if self.dataset in ("cifar10", "cifar10_jpeg") else 224
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -120,34 +134,54 @@ class Data:
 
     @property
     def label(self) -> str:
-        """How tables name this data, e.g. 'concept world (64 px)'."""
-        name = _LABELS.get(self.dataset, self.dataset)
-        return f"{name} ({self.input_size} px)" if self.world is not None else name
+        """How tables name this data, e.g. 'concept world (64 px)', 'CIFAR-10 (JPEG) train, CIFAR-10 test[0:1000]'."""
+        if self.world is not None:
+            return f"{_LABELS['concept_world']} ({self.input_size} px)"
+        if self.eval_dataset is None:
+            return _LABELS.get(self.dataset, self.dataset)
+        return f"{_label_of(self.dataset, self.root, 'train')}, {_label_of(self.eval_dataset, self.eval_root, 'test')}"
 
     @cached_property
     def source(self):
         """The world's configuration, or a content fingerprint of the files (`data.fingerprint`)."""
-        return world_fingerprint(self.world) if self.world is not None else data.fingerprint(self.root)
+        if self.world is not None:
+            return world_fingerprint(self.world)
+        return [data.fingerprint(self.root)] + ([data.fingerprint(self.eval_root)] if self.eval_root else [])
 
     def key(self) -> dict:
         """What identifies the data in cache keys."""
-        return {"dataset": self.dataset, "source": self.source, "image_size": self.image_size,
-                "normalize": self.mean_std}
+        return {"dataset": self.dataset, "eval_dataset": self.eval_dataset, "source": self.source,
+                "image_size": self.image_size, "normalize": self.mean_std}
+
+
+def _label_of(dataset: str, root: Path | None, split: str) -> str:
+    name = _LABELS.get(dataset, dataset)
+    if dataset == "cifar10" and root is not None and root.is_file():
+        return f"{name} {split}[0:{len(data.get_dataset(dataset, root, split='test'))}]"
+    return f"{name} {split}"
 
 
 def load_data(dataset: str = "concept_world", data_root: str | Path | None = None, scale_name: str = "default",
-              world: str = "zoo", image_size: int | None = None, normalize=None, progress: bool = True) -> Data:
-    """The splits of `dataset`: the built-in world `world` of scale `scale_name`, or the real data at `data_root`."""
-    if dataset not in data.DATASETS:
-        raise ParamError("dataset", f"unknown data set {dataset!r}; valid names: {', '.join(data.DATASETS)}")
+              world: str = "zoo", image_size: int | None = None, normalize=None, progress: bool = True,
+              eval_dataset: str | None = None, eval_root: str | Path | None = None) -> Data:
+    """The splits of `dataset`: the built-in world `world` of scale `scale_name`, or the real data at
+    `data_root` (evaluated on `eval_dataset` at `eval_root` when given)."""
+    for name, value in (("dataset", dataset), ("eval_dataset", eval_dataset)):
+        if value is not None and value not in data.DATASETS:
+            raise ParamError(name, f"unknown data set {value!r}; valid names: {', '.join(data.DATASETS)}")
     if dataset == "concept_world":
+        if eval_dataset is not None:
+            raise ParamError("eval_dataset", "the concept world is evaluated on its own validation split")
         w = scale(scale_name).worlds[world]
         if image_size is not None and image_size != w.image_size:
             w = dataclasses.replace(w, image_size=int(image_size))
         return Data(dataset, None, w, None, normalize, progress)
     if data_root is None:
         raise ParamError("data_root", f"data set {dataset!r} needs data_root: {data.layout(dataset)}")
-    return Data(dataset, resolve_path(data_root), None, image_size, normalize, progress)
+    if eval_dataset is not None and eval_root is None:
+        raise ParamError("eval_root", f"evaluation data set {eval_dataset!r} needs eval_root: {data.layout(eval_dataset)}")
+    return Data(dataset, resolve_path(data_root), None, image_size, normalize, progress, eval_dataset,
+                resolve_path(eval_root))
 
 
 # ----------------------------------------------------------------------------- subject
@@ -186,7 +220,7 @@ class Subject:
 def load_subject(model: str = "small_vgg", dataset: str | None = "concept_world", data_root=None, weights=None,
                  scale_name: str = "default", device: str = "auto", progress: bool = True, *, world: str = "zoo",
                  image_size: int | None = None, normalize=None, num_classes: int | None = None,
-                 allow_untrained: bool = False) -> Subject:
+                 allow_untrained: bool = False, eval_dataset: str | None = None, eval_root=None) -> Subject:
     """The classifier `model` and its data.
 
     On the concept world without `weights`: the zoo's `model` trained on the scale's world (cached).
@@ -194,7 +228,8 @@ def load_subject(model: str = "small_vgg", dataset: str | None = "concept_world"
     file). `dataset=None` gives the model alone (then `num_classes` is needed). Without weights
     on real data the call is refused unless `allow_untrained`.
     """
-    d = None if dataset is None else load_data(dataset, data_root, scale_name, world, image_size, normalize, progress)
+    d = None if dataset is None else load_data(dataset, data_root, scale_name, world, image_size, normalize, progress,
+                                               eval_dataset, eval_root)
     dev = pick_device(device)
     if d is not None and d.world is not None and weights is None:
         entry = zoo.trained(model, d.world, scale(scale_name).recipe, device=device, progress=progress)

@@ -37,3 +37,12 @@ def cifar_jpeg_archive(path: Path, per_class: dict[str, int] | None = None, size
                     tar.addfile(info, io.BytesIO(blob))
                     expected.setdefault(split, []).append(red)
     return {split: np.array(v) for split, v in expected.items()}
+
+
+def cifar_npz(path: Path, n_per_class: int = 2, classes=CLASSES, seed: int = 0) -> Path:
+    """Write an .npz in the layout of ``cifar10_test_first1000.npz`` (images uint8 (N, 3, 32, 32), labels, classes)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(classes)), n_per_class)
+    images = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
+    np.savez(path, images=images, labels=labels, labels_all10000=labels, classes=np.array(classes))
+    return path
