@@ -11,7 +11,9 @@ gives 128 units at 7x7. Both tallies get the same activations, thresholds and se
 
 Each runs in its own process so its peak memory (max RSS above the process's baseline after the
 data are loaded) is its own. The two results are checked to agree, and the end-to-end
-`netanatomy.dissect.run.dissect` throughput (both passes, PNG decoding and forward passes included) is printed too.
+`netanatomy.dissect.run.dissect` throughput (both passes, PNG decoding and forward passes included)
+is printed too, with NetDissect-Lite's bilinear and the original NetDissect's receptive-field-centred
+upsampling.
 
     .venv/bin/python benchmarks/dissect_speed.py [--images 2000] [--units 128] [--threads 1]
 """
@@ -177,14 +179,15 @@ def main(argv=None):
     print(f"  vectorised (batched matmul): {ips_v:9.1f} images/s   peak extra memory {mem_v:7.1f} MiB")
     print(f"  per-unit Python loop:        {ips_l:9.1f} images/s   peak extra memory {mem_l:7.1f} MiB")
     print(f"  speed-up: {ips_v / ips_l:.1f}x")
-    # end to end: both passes with PNG decoding and forward passes, no cache
+    # end to end: both passes with PNG decoding and forward passes, no cache, with each upsampling
     torch.set_num_threads(args.threads)
-    cfg = run.DissectConfig(normalize="none", progress=False, cache=False)
-    t0 = time.perf_counter()
-    run.dissect(make_model(args.units), ["1"], root, cfg)
-    dt = time.perf_counter() - t0
-    print(f"end to end dissect() (2 passes, PNG decoding, forward): {args.images / dt:.1f} images/s "
-          f"({dt:.1f} s for {args.images} images)")
+    for upsample in ("bilinear", "receptive_field"):
+        cfg = run.DissectConfig(normalize="none", progress=False, cache=False, upsample=upsample)
+        t0 = time.perf_counter()
+        run.dissect(make_model(args.units), ["1"], root, cfg)
+        dt = time.perf_counter() - t0
+        print(f"end to end dissect() (2 passes, PNG decoding, forward, {upsample} upsampling): "
+              f"{args.images / dt:.1f} images/s ({dt:.1f} s for {args.images} images)")
     if tmp is not None:
         tmp.cleanup()
     return 0

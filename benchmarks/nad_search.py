@@ -1,6 +1,15 @@
-"""Batched NAD path search versus upstream's one-class loop: speed-up and peak memory.
+"""Batched NAD path search versus upstream's one-class loop: speed-up and peak memory; and with
+`--precision`, how many gates bf16 flips on the built-in model.
 
     .venv/bin/python benchmarks/nad_search.py [--classes 32] [--per-class 32] [--size 32] [--epochs 1]
+    .venv/bin/python benchmarks/nad_search.py --precision [--set default]
+
+`--precision` runs the default nad_findpath search (`params/nad_findpath.yaml`, or `.smoke.yaml` with
+`--set smoke`) on its zoo model three times on the CPU: fp32 with seed s, bf16 (`amp=True`:
+torch.autocast('cpu', dtype=torch.bfloat16) around the search's forward passes) with seed s, and fp32
+with seed s + 1. A path is the sign of a logit, so it prints the share of gates on which bf16 and fp32
+disagree, beside the share on which two fp32 seeds disagree (the search's own spread). The searches
+go through the cache (`NETANATOMY_CACHE`), so the fp32 seed-s search is the notebook's.
 
 Both modes run the same search (same model, classes, images, crops and flips;
 `netanatomy.nad.method.search` with batched=True / batched=False) on a small_vgg with `--classes`
@@ -76,14 +85,50 @@ def _run(mode: str, args: dict, queue) -> None:
                "logits": {k: v.tolist() for k, v in res.logits.items()}, "device": str(dev)})
 
 
+def precision(set_name: str) -> None:
+    """Share of gates bf16 flips against fp32, and two fp32 seeds' disagreement, on the built-in model."""
+    from pathlib import Path
+
+    import yaml
+    from netanatomy import params
+    from netanatomy.nad import run
+
+    here = Path(__file__).resolve().parents[1] / "params"
+    given = yaml.safe_load((here / ("nad_findpath.yaml" if set_name == "default" else "nad_findpath.smoke.yaml"))
+                           .read_text())
+    cfg = run.FindPathConfig.from_params(params.with_defaults("nad_findpath", given), device="cpu", progress=False)
+    subject = run.subject_for(cfg, cfg.model)
+    fp32 = run.find_paths(subject, cfg)
+    bf16 = run.find_paths(subject, cfg.replace(amp=True))
+    other = run.find_paths(subject, cfg.replace(seed=cfg.seed + 1))
+
+    def flipped(a, b) -> tuple[int, int]:
+        ha, hb = a.hard(), b.hard()
+        return sum(int((ha[n] != hb[n]).sum()) for n in a.layers), sum(ha[n].numel() for n in a.layers)
+
+    (nb, total), (ns, _) = flipped(fp32, bf16), flipped(fp32, other)
+    print(f"NAD search, {subject.name} on the built-in world ({set_name} set), {len(fp32.classes)} classes x "
+          f"{total // len(fp32.classes)} gates = {total} gates, CPU")
+    print(f"  bf16 vs fp32, same seed        : {nb} gates differ ({nb / total:.2%})")
+    print(f"  fp32 seed {cfg.seed} vs seed {cfg.seed + 1}        : {ns} gates differ ({ns / total:.2%})")
+    for name in fp32.layers:
+        a, b = fp32.hard()[name], bf16.hard()[name]
+        print(f"    {name:<18} bf16 flips {int((a != b).sum()):5d} of {a.numel():5d} ({float((a != b).float().mean()):.2%})")
+    print(json.dumps({"bf16_flip_share": nb / total, "seed_flip_share": ns / total, "gates": total}))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--precision", action="store_true", help="measure the gates bf16 flips on the built-in model")
+    p.add_argument("--set", default="default", choices=["default", "smoke"], help="parameter set of --precision")
     p.add_argument("--classes", type=int, default=32)
     p.add_argument("--per-class", type=int, default=32, help="training images per class (2 batches of 16)")
     p.add_argument("--size", type=int, default=32, help="image size in pixels")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--device", default="auto")
     a = vars(p.parse_args(argv))
+    if a["precision"]:
+        return precision(a["set"])
     ctx = mp.get_context("spawn")
     out = {}
     for mode in ("sequential", "batched"):

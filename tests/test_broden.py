@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -188,3 +193,41 @@ def test_wrong_root_and_empty_split(tmp_path):
     root = _fresh(tmp_path)
     with pytest.raises(DataError, match="no rows of split 'train'"):
         broden.BrodenDataset(root, split="train")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_image_or_segmentation_names_the_file(tmp_path, damage):
+    root = _fresh(tmp_path)
+    ds = broden.BrodenDataset(root)
+    image = ds.image_path(1)
+    seg = root / "images" / ds.rows[2].pixels["object"][0]
+    for victim, load in ((image, lambda: ds.load_image(1)), (seg, lambda: ds.load_segmentation(2))):
+        data = victim.read_bytes()
+        victim.write_bytes(data[:len(data) // 2] if damage == "truncate" else b"not an image at all")
+        with pytest.raises(DataError) as info:
+            load()
+        text = str(info.value)
+        assert text.startswith(str(victim)) and "row" in text and "\n" not in text
+        assert ("truncated or damaged" if damage == "truncate" else "cannot be read as an image") in text
+
+
+def test_two_processes_exporting_the_world_at_once_both_succeed(tmp_path):
+    """A cold cache, two processes exporting the same world into the same folder together: both
+    finish without error and one complete export remains."""
+    script = textwrap.dedent(f"""
+        import sys
+        from netanatomy import broden
+        from netanatomy.world import WorldConfig
+        root = broden.export_world(WorldConfig(image_size=32, n_train=0, n_val=60, n_test=0), {str(tmp_path / 'w')!r},
+                                   progress=False)
+        print(len(broden.BrodenDataset(root)))
+    """)
+    env = {**os.environ, "NETANATOMY_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert out.strip() == "60"
+    assert broden.is_world_export(tmp_path / "w") and len(broden.BrodenDataset(tmp_path / "w")) == 60
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".w.")]  # no temporary folder left behind

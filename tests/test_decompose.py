@@ -1,20 +1,29 @@
 """Tests of netanatomy.decompose (Decomposing the Deep, Badola, Roy, Padmanabhan and Lal 2021, and its CSG baseline)."""
 
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.metrics import mutual_info_score
 from torch import nn
 
-from helpers.decompose import (AKAMASTER, CIFAR_NPZ, CSG_CKPT, PUBLISHED, PUBLISHED_CSG, akamaster_like_checkpoint,
-                               block_indices, block_linear, cifar10_batches_folder, cifar10_npz, needs,
-                               planted_features, random_linear)
-from netanatomy import data, hooks, models, params
+from helpers.decompose import (AKAMASTER, CIFAR_NPZ, CSG_CKPT, PUBLISHED, PUBLISHED_CSG, RESNET50_INDICES,
+                               akamaster_like_checkpoint, block_indices, block_linear, cifar10_batches_folder,
+                               cifar10_npz, needs, planted_features, random_checkpoint, random_linear,
+                               tiny_imagefolder)
+from netanatomy import cache, data, hooks, models, params, stats
+from netanatomy.decompose import csg as dc
+from netanatomy.decompose import files as dfiles
 from netanatomy.decompose import method as dm
 from netanatomy.decompose import run as dr
+from netanatomy.decompose import tables as dt
 from netanatomy.errors import DataError, ParamError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -64,7 +73,7 @@ def test_decomposed_head_equals_masked_linear_shape_and_row_init():
     assert out.shape == (6, C)  # upstream returned (B, 1, C)
     Wm = dm.masked_weight(lin.weight.detach(), idx)
     assert torch.allclose(out, f @ Wm.T + lin.bias.detach(), atol=1e-5)
-    # row c holds W[c, S_c], not class 0's weights (the upstream gather bug)
+    # row c holds W[c, S_c], not class 0's weights (the gather mistake the seed describes)
     for c in range(C):
         assert torch.equal(head.weight[c].detach(), lin.weight[c, idx[c]].detach())
     assert not torch.equal(head.weight[1], lin.weight[0, idx[1]].detach())
@@ -88,10 +97,10 @@ def test_decompose_replaces_head_of_a_model_and_leaves_original():
 # ---------------------------------------------------------------------------- index files
 def test_index_json_round_trip_and_layout(tmp_path):
     idx = {0: [7, 23, 54], 1: [9, 47, 40], 2: [1, 0, 13]}
-    path = dr.write_indices(idx, tmp_path / "idx.json")
+    path = dfiles.write_indices(idx, tmp_path / "idx.json")
     raw = json.loads(path.read_text())
     assert raw == {"0": [7, 23, 54], "1": [9, 47, 40], "2": [1, 0, 13]}
-    assert dr.read_indices(path, 3, 64) == idx
+    assert dfiles.read_indices(path, 3, 64) == idx
 
 
 @pytest.mark.parametrize("content, msg", [
@@ -104,9 +113,9 @@ def test_index_file_that_does_not_fit_is_one_clear_error(tmp_path, content, msg)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(content))
     with pytest.raises(DataError, match=msg):
-        dr.read_indices(path, num_classes=3, num_features=64)
+        dfiles.read_indices(path, num_classes=3, num_features=64)
     with pytest.raises(DataError, match="not found"):
-        dr.read_indices(tmp_path / "nope.json", 3, 64)
+        dfiles.read_indices(tmp_path / "nope.json", 3, 64)
 
 
 # ---------------------------------------------------------------------------- mutual information
@@ -127,8 +136,8 @@ def test_mutual_information_matches_sklearn_and_orders_disjoint_below_shared():
 
 def test_published_mi_numbers_reproduce():
     needs(PUBLISHED, PUBLISHED_CSG)
-    ours = dr.read_indices(PUBLISHED, 10, 64)
-    csg = dr.read_indices(PUBLISHED_CSG, 10, 64)
+    ours = dfiles.read_indices(PUBLISHED, 10, 64)
+    csg = dfiles.read_indices(PUBLISHED_CSG, 10, 64)
     assert dm.mean_mutual_information(ours, 64) == pytest.approx(dm.PUBLISHED["MI ours (k=5)"], abs=1e-12)
     assert dm.mean_mutual_information(csg, 64) == pytest.approx(dm.PUBLISHED["MI CSG (k=5)"], abs=1e-12)
     assert round(dm.PUBLISHED["MI ours (k=5)"], 6) == 0.034538 and round(dm.PUBLISHED["MI CSG (k=5)"], 6) == 0.037509
@@ -155,8 +164,8 @@ def test_essentiality_on_planted_features():
     f, y = planted_features(C, D)
     lin = block_linear(C, D)  # reads only each class's block
     feats = dm.Features(f, f @ lin.weight.T, y)
-    table = dr.essentiality_table({"planted": (feats, lin, block_indices(C))}, seed=0)
-    s = dr.essentiality_summary(table)
+    table = dt.essentiality_table({"planted": (feats, lin, block_indices(C))}, seed=0)
+    s = dt.essentiality_summary(table)
     assert s.loc[("planted", "non-influential"), "clean acc (%)"] == 100
     assert s.loc[("planted", "non-influential"), "acc with noise (%)"] > 90
     assert s.loc[("planted", "influential"), "acc with noise (%)"] < 60
@@ -166,15 +175,15 @@ def test_essentiality_on_planted_features():
 # ---------------------------------------------------------------------------- CSG
 def test_gate_selection_largest_versus_smallest():
     G = torch.tensor([[0.9, 0.1, 0.5, 0.0, 0.7], [0.2, 0.8, 0.8, 0.3, 0.05]])
-    assert dm.csg_indices(G, 2) == {0: [0, 4], 1: [1, 2]}
-    assert dm.csg_indices(G, 2, select="smallest") == {0: [3, 1], 1: [4, 0]}
+    assert dc.csg_indices(G, 2) == {0: [0, 4], 1: [1, 2]}
+    assert dc.csg_indices(G, 2, select="smallest") == {0: [3, 1], 1: [4, 0]}
     with pytest.raises(ParamError):
-        dm.csg_indices(G, 6)
+        dc.csg_indices(G, 6)
 
 
 def test_csg_gating_pooled_features_equals_gating_last_layer():
     model = models.build("small_resnet", 5, width_mult=0.25).eval()
-    net = dm.CSGNet(model)
+    net = dc.CSGNet(model)
     net.set_gates(torch.rand(5, net.gates.shape[1]))
     x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 3, 4])
     f, _ = models.pooled_features(model, x)
@@ -186,26 +195,26 @@ def test_csg_gating_pooled_features_equals_gating_last_layer():
 
 def test_csg_loss_has_sparsity_and_gates_receive_gradients():
     model = models.build("small_resnet", 4, width_mult=0.25)
-    net = dm.CSGNet(model)
+    net = dc.CSGNet(model)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    loss0, logits = dm.csg_loss(0.0, 0.0)(net, x, y)
-    loss1, _ = dm.csg_loss(0.0, 0.5)(net, x, y)
+    loss0, logits = dc.csg_loss(0.0, 0.0)(net, x, y)
+    loss1, _ = dc.csg_loss(0.0, 0.5)(net, x, y)
     C, D = net.gates.shape
     assert logits.shape == (4, 4)
     assert loss1.item() == pytest.approx(loss0.item() + 0.5 * C * D, rel=1e-4)  # gates start at 1
-    loss2, _ = dm.csg_loss(1.0, 0.1)(net, x, y)
+    loss2, _ = dc.csg_loss(1.0, 0.1)(net, x, y)
     loss2.backward()
     assert net.gate_param.grad is not None and net.gate_param.grad.abs().sum() > 0
-    fast = dm.CSGNet(models.build("small_resnet", 4, width_mult=0.25), gate_scale=10.0)
+    fast = dc.CSGNet(models.build("small_resnet", 4, width_mult=0.25), gate_scale=10.0)
     assert torch.allclose(fast.gates, torch.ones(4, D)) and torch.allclose(fast.gate_param, torch.full((4, D), 0.1))
 
 
 def test_legacy_smallest_gates_reproduce_published_csg_indices():
     needs(CSG_CKPT, PUBLISHED_CSG)
-    net = dr.load_csg_checkpoint(CSG_CKPT)
+    net = dfiles.load_csg_checkpoint(CSG_CKPT)
     assert tuple(net.gates.shape) == (10, 64)
-    assert dm.csg_indices(net.gates, 5, select="smallest") == dr.read_indices(PUBLISHED_CSG, 10, 64)
-    assert dm.csg_indices(net.gates, 5) != dr.read_indices(PUBLISHED_CSG, 10, 64)
+    assert dc.csg_indices(net.gates, 5, select="smallest") == dfiles.read_indices(PUBLISHED_CSG, 10, 64)
+    assert dc.csg_indices(net.gates, 5) != dfiles.read_indices(PUBLISHED_CSG, 10, 64)
 
 
 # ---------------------------------------------------------------------------- real checkpoint
@@ -220,7 +229,7 @@ def test_akamaster_checkpoint_and_published_indices_on_cifar_subset():
     assert f.shape == (200, 64)
     acc = (z.argmax(1) == y).float().mean().item()
     assert 0.85 <= acc <= 0.97
-    dec = dm.decompose(model, dr.read_indices(PUBLISHED, 10, 64)).eval()
+    dec = dm.decompose(model, dfiles.read_indices(PUBLISHED, 10, 64)).eval()
     acc_dec = (dec(x).argmax(1) == y).float().mean().item()
     assert 0.75 <= acc_dec < acc + 0.02
 
@@ -229,7 +238,7 @@ def test_missing_checkpoint_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         models.load_weights(models.build("resnet20", 10), tmp_path / "missing.th")
     with pytest.raises(DataError, match="not found"):
-        dr.load_csg_checkpoint(tmp_path / "missing.pth")
+        dfiles.load_csg_checkpoint(tmp_path / "missing.pth")
 
 
 # ---------------------------------------------------------------------------- setup on CIFAR-10 layouts
@@ -249,9 +258,12 @@ def test_setup_reads_a_cifar10_batches_folder_and_an_npz_subset(tmp_path, monkey
     S = dr.setup(dr.Config(data_root=str(npz), weights=weights, **COMMON))
     assert S.fit_label.startswith("CIFAR-10 test[0:40] fit part (20") and "eval part (20" in S.eval_label
     assert sorted(np.bincount(S.feats_eval.labels.numpy()).tolist()) == [2] * 10  # stratified
-    acc = dr.accuracy_table(S, {"x": {c: [c, c + 1] for c in range(10)}})
-    assert "acc (%) CIFAR-10 test[0:40] all (40 images)" in acc.columns and "seed (full CIFAR-10 test)" in acc.columns
-    assert acc["seed (full CIFAR-10 test)"].tolist() == [dm.SEED_REFERENCE["original"], "-"]  # n = 2 has no seed number
+    acc = dt.accuracy_table(S, {"x": {c: [c, c + 1] for c in range(10)}})
+    assert "acc (%) CIFAR-10 test[0:40] all (40 images)" in acc.columns and dr.SEED_COLUMN in acc.columns
+    assert acc[dr.SEED_COLUMN].tolist() == [dm.SEED_REFERENCE["original"], "-"]  # n = 2 has no seed number
+    ok = (S.feats_eval.logits.argmax(1) == S.feats_eval.labels).float().numpy()
+    iv = stats.mean_interval(100 * ok)
+    assert acc["95% interval, eval images"][0] == f"[{iv.low:.1f}, {iv.high:.1f}]"
 
 
 def test_features_finetuning_and_csg_are_cached_and_reload_the_same(tmp_path, monkeypatch):
@@ -276,24 +288,27 @@ def test_features_finetuning_and_csg_are_cached_and_reload_the_same(tmp_path, mo
     assert not torch.equal(csg.net.gates.cpu(), torch.ones_like(csg.net.gates.cpu()))  # the gates were trained
 
 
-def test_config_from_params_refuses_unknown_names_and_reads_published_keys():
+def test_config_from_params_refuses_unknown_names_and_reads_published_keys(tmp_path):
     with pytest.raises(ParamError) as err:
         dr.Config.from_params({"k": 5, "nn": 3})
     assert err.value.param == "nn"
-    cfg = dr.Config.from_params({"published_indices": {"5": "a.json", 10: "b.json"}})
-    assert cfg.published_indices == {5: "a.json", 10: "b.json"}
+    a, b = (dfiles.write_indices({0: [1]}, tmp_path / name) for name in ("a.json", "b.json"))
+    cfg = dr.Config.from_params({"published_indices": {"5": str(a), 10: str(b)}})
+    assert cfg.published_indices == {5: str(a), 10: str(b)}
     with pytest.raises(ParamError) as err:
         dr.Config(dataset="cifar10")  # real data needs weights
     assert err.value.param == "weights"
-    with pytest.raises(ParamError) as err:
-        dr.Config(csg_epochs=0)  # nothing to train CSG with and no checkpoint
-    assert err.value.param == "csg_epochs"
-    assert dr.Config(csg_epochs=0, csg_checkpoint="x.pth").csg_epochs == 0
+    assert not dr.Config(csg_epochs=0).csg  # no checkpoint and nothing to train: no CSG baseline
+    assert dr.Config(csg_epochs=0, csg_checkpoint=str(a)).csg and dr.Config().csg
 
 
 @pytest.mark.parametrize("field, value", [("n", 0), ("k", 0), ("noise", "pink"), ("fit_fraction", 1.0),
                                           ("normalize", "weird"), ("max_train_images", 0), ("k_grid", [5, 0]),
-                                          ("lr", 0.0), ("model", "resnet21"), ("published_indices", {"x": "a"})])
+                                          ("lr", 0.0), ("lr", "1e-4"), ("model", "resnet21"),
+                                          ("published_indices", {"x": "a"}), ("n_random", 1), ("n_random", 0),
+                                          ("k", 129), ("n", 200), ("k_grid", [5, 129]), ("n_grid", [300]),
+                                          ("published_indices", {"129": "a.json"}), ("csg_epochs", -1),
+                                          ("seed", -1), ("mi_self_pairs", "yes")])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ParamError) as err:
         dr.Config(**{field: value})
@@ -310,3 +325,200 @@ def test_n_above_feature_count_is_rejected_at_setup_level():
 
 def test_config_defaults_are_the_notebooks_defaults():
     assert dr.Config.from_params(params.with_defaults("decomposition", {})) == dr.Config()
+
+
+# ---------------------------------------------------------------------------- mutual information, vectorised
+def test_pairwise_mutual_information_equals_sklearn_on_random_and_edge_sets():
+    rng = np.random.default_rng(3)
+    D = 20
+    for n in (1, 4, 10, 19, 20):  # n = D: every indicator is constant, MI 0
+        idx = {c: sorted(rng.choice(D, n, replace=False).tolist()) for c in range(6)}
+        X = dm.indicator_matrix(idx, D)
+        brute = np.array([[mutual_info_score(X[i], X[j]) for j in range(6)] for i in range(6)])
+        assert np.allclose(dm.pairwise_mutual_information(idx, D), brute, atol=1e-12, rtol=0)
+    assert np.all(dm.pairwise_mutual_information({c: list(range(D)) for c in range(3)}, D) == 0)
+
+
+# ---------------------------------------------------------------------------- random controls
+def test_random_index_sets_are_seeded_distinct_and_uniform():
+    a = dm.random_index_sets(5, 30, 4, (0, 1))
+    assert a == dm.random_index_sets(5, 30, 4, (0, 1)) and a != dm.random_index_sets(5, 30, 4, (0, 2))
+    assert all(len(set(v)) == 4 and 0 <= min(v) and max(v) < 30 for v in a.values())
+    counts = np.zeros(30)
+    for r in range(2000):
+        for v in dm.random_index_sets(2, 30, 4, (7, r)).values():
+            counts[v] += 1
+    expected = 2000 * 2 * 4 / 30  # 533.3 per feature; binomial sd about 21.5
+    assert np.abs(counts - expected).max() < 6 * 21.5
+    assert dm.random_index_sets(3, 6, 6, 0) == {c: list(range(6)) for c in range(3)}
+    with pytest.raises(ParamError):
+        dm.random_index_sets(3, 6, 7, 0)
+
+
+def _planted_run(sets=None):
+    C, D = 4, 24
+    f, y = planted_features(C, D)
+    lin = block_linear(C, D)
+    return dm.Features(f, f @ lin.weight.T, y), lin, sets or block_indices(C)
+
+
+def test_controls_hold_on_planted_truth_and_match_a_brute_force_oracle():
+    feats, lin, sets = _planted_run()
+    cfg = dr.Config(n_random=20, seed=1)
+    table = dt.control_study({"planted": (feats, lin, sets)}, cfg).set_index("claim")
+    for claim in dt.COMPARISONS:
+        assert table.loc[claim, "verdict"] == stats.HELD, claim
+    # the oracle: every draw recomputed by hand, the paired interval over the 120 images
+    own = dm.correct(feats, dm.DecomposedHead.from_linear(lin, sets)).float()
+    rand = torch.stack([dm.correct(feats, dm.DecomposedHead.from_linear(lin, dm.random_index_sets(4, 24, 3, (1, r))))
+                        .float() for r in range(20)]).mean(0)
+    iv = stats.paired_interval(100 * own.numpy(), 100 * rand.numpy())
+    row = table.loc["decomposed head beats random sets of the same size"]
+    assert (row["difference"], row["95% low"], row["95% high"]) == pytest.approx((iv.mean, iv.low, iv.high), abs=1e-9)
+    assert row["A mean"] == 100.0 and row["unit"] == "120 images"
+    # noise: the same seeds through perturb give the same outcomes
+    at_sets = torch.stack([dm.noisy_correct(feats, lin, sets, seed=10_000 + r).float() for r in range(20)]).mean(0)
+    others = torch.stack([dm.noisy_correct(feats, lin, sets, "non_influential", seed=10_000 + r).float()
+                          for r in range(20)]).mean(0)
+    iv = stats.paired_interval(100 * others.numpy(), 100 * at_sets.numpy())
+    row = table.loc["noise at the n set features costs more than noise at the D - n others"]
+    assert (row["difference"], row["95% low"], row["95% high"]) == pytest.approx((iv.mean, iv.low, iv.high), abs=1e-9)
+    # MI over the 6 distinct class pairs: random sets' pairwise MI averaged over the same 20 draws
+    M = np.mean([dm.pairwise_mutual_information(dm.random_index_sets(4, 24, 3, (1, r)), 24) for r in range(20)], 0)
+    pairs = np.triu_indices(4, 1)
+    iv = stats.mean_interval(M[pairs] - dm.pairwise_mutual_information(sets, 24)[pairs])
+    row = table.loc[dt.MI_CLAIM]
+    assert row["unit"] == "6 class pairs" and row["difference"] == pytest.approx(iv.mean, abs=1e-12)
+    assert row["95% low"] == pytest.approx(iv.low, abs=1e-12)
+
+
+def test_controls_say_did_not_hold_for_sets_the_model_does_not_use():
+    feats, lin, _ = _planted_run()
+    unused = {c: [21, 22, 23] for c in range(4)}  # block_linear gives these features weight 0
+    table = dt.control_study({"unused": (feats, lin, unused)}, dr.Config(n_random=20)).set_index("claim")
+    decomposed = table.loc["decomposed head beats random sets of the same size"]
+    assert decomposed["A mean"] == 25.0  # all logits 0: argmax picks class 0, right for a quarter of the images
+    assert decomposed["verdict"] == stats.NOT_HELD and decomposed["95% high"] < 0
+    assert table.loc["noise at the sets costs more than noise at random sets of the same size", "verdict"] == stats.NOT_HELD
+
+
+# ---------------------------------------------------------------------------- parameters checked up front
+def test_missing_files_are_named_by_their_parameter_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    weights = str(akamaster_like_checkpoint(tmp_path / "r20.th"))
+    base = dict(model="resnet20", dataset="cifar10", weights=weights, data_root=str(cifar10_npz(tmp_path / "a.npz")))
+    for field, value in (("data_root", str(tmp_path / "missing.npz")), ("weights", str(tmp_path / "missing.th")),
+                         ("published_indices", {5: str(tmp_path / "missing.json")}),
+                         ("csg_checkpoint", str(tmp_path / "missing.pth")),
+                         ("csg_index_file", str(tmp_path / "missing_csg.json"))):
+        with pytest.raises(DataError) as err:
+            dr.Config(**(base | {field: value}))
+        assert f"parameter '{field}'" in str(err.value) and "missing" in err.value.path
+        assert "test images only" not in str(err.value)
+    with pytest.raises(ParamError) as err:
+        dr.Config(**(base | {"data_root": None}))
+    assert err.value.param == "data_root"
+    assert not (tmp_path / "cache").exists()  # nothing was computed
+
+
+def test_published_file_must_hold_the_n_it_is_named_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    wrong = dfiles.write_indices({c: [c, c + 1, c + 2] for c in range(10)}, tmp_path / "three.json")
+    cfg = dr.Config(model="resnet20", dataset="cifar10", data_root=str(cifar10_npz(tmp_path / "a.npz")),
+                    weights=str(akamaster_like_checkpoint(tmp_path / "r20.th")), k=3, n=2, k_grid=[3], n_grid=[2],
+                    published_indices={5: str(wrong)}, progress=False, device="cpu")
+    with pytest.raises(DataError, match="3 indices per class, but published_indices names it for n = 5"):
+        dr.read_published(cfg, dr.setup(cfg))
+
+
+# ---------------------------------------------------------------------------- damaged cache files
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def test_damaged_features_finetuning_and_csg_files_are_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    cfg = dr.Config(data_root=str(cifar10_npz(tmp_path / "sub.npz", 40)), finetune_epochs=1, csg_epochs=1,
+                    batch_size=8, weights=str(akamaster_like_checkpoint(tmp_path / "r20.th")), **COMMON)
+    idx = {c: [c, c + 1] for c in range(10)}
+    S = dr.setup(cfg)
+    _, table = dr.finetuned(S, idx, cfg)
+    csg = dr.csg_baseline(S, cfg)
+    folder = tmp_path / "cache" / "decompose"
+    for part in ("features", "finetune", "csg"):
+        for path in (folder / part).glob("*.pt"):
+            _truncate(path)
+    (folder / "features" / "junk.pt").write_bytes(b"")  # an unrelated file stays untouched
+    with pytest.warns(cache.CacheWarning) as caught:
+        again = dr.setup(cfg)
+        _, table2 = dr.finetuned(again, idx, cfg)
+        csg2 = dr.csg_baseline(again, cfg)
+    named = " ".join(str(w.message) for w in caught)
+    assert named.count("damaged cache file") >= 5 and "finetune-" in named and "csg-" in named
+    assert torch.equal(again.feats_eval.features, S.feats_eval.features)
+    assert table2.equals(table) and torch.equal(csg2.net.gates.cpu(), csg.net.gates.cpu())
+    assert len(list(folder.rglob("*.damaged"))) >= 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cache.CacheWarning)  # everything is whole again
+        dr.setup(cfg)
+
+
+def test_a_cache_file_lacking_its_parts_is_damaged(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    cfg = dr.Config(data_root=str(cifar10_npz(tmp_path / "sub.npz", 40)),
+                    weights=str(akamaster_like_checkpoint(tmp_path / "r20.th")), **COMMON)
+    S = dr.setup(cfg)
+    path = next((tmp_path / "cache" / "decompose" / "features").glob("eval-*.pt"))
+    torch.save({"features": torch.zeros(1)}, path)  # readable, but not our result
+    with pytest.warns(cache.CacheWarning, match="lacks logits, labels"):
+        assert torch.equal(dr.setup(cfg).feats_eval.features, S.feats_eval.features)
+
+
+def test_damaged_training_checkpoint_starts_over(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    cfg = dr.Config(data_root=str(cifar10_npz(tmp_path / "sub.npz", 40)), finetune_epochs=1, batch_size=8,
+                    weights=str(akamaster_like_checkpoint(tmp_path / "r20.th")), **COMMON)
+    idx = {c: [c, c + 1] for c in range(10)}
+    S = dr.setup(cfg)
+    _, table = dr.finetuned(S, idx, cfg)
+    result = next((tmp_path / "cache" / "decompose" / "finetune").glob("finetune-*.pt"))
+    result.unlink()
+    cache.checkpoint_of(result).path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.warns(cache.CacheWarning, match=r"\.ckpt\.pt: damaged"):
+        _, again = dr.finetuned(S, idx, cfg)
+    assert again.equals(table) and not cache.checkpoint_of(result).path.exists()
+
+
+# ---------------------------------------------------------------------------- the ImageNet ResNet-50 parameter set
+def test_imagenet_resnet50_set_on_random_weights_and_a_tiny_imagefolder(tmp_path, monkeypatch):
+    """params/decomposition.imagenet_resnet50.yaml with the user's paths replaced by a random torchvision
+    ResNet-50 (1000 classes) and an ImageFolder with 1000 class folders (4 of them hold images)."""
+    needs(RESNET50_INDICES)
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    given = yaml.safe_load((ROOT / "params" / "decomposition.imagenet_resnet50.yaml").read_text())
+    assert given["lr"] == 1e-5 and given["k_grid"] == list(range(10, 101, 10)) and given["n"] == 50
+    assert params.with_defaults("decomposition", given)  # every name is a notebook parameter
+    with pytest.raises(DataError, match="parameter 'weights'"):  # the placeholders name what to supply
+        dr.Config.from_params(given)
+    root = tiny_imagefolder(tmp_path / "imagenet")
+    cfg = dr.Config.from_params(given | {"weights": str(random_checkpoint("resnet50", 1000, tmp_path / "r50.pth")),
+                                         "data_root": str(root), "k_grid": [10, 100], "n_random": 2,
+                                         "max_train_images": 2,  # finetune ResNet-50 on two images only
+                                         "device": "cpu", "progress": False})
+    assert not cfg.csg and dr.feature_count("resnet50") == 2048
+    S = dr.setup(cfg)
+    assert len(S.classes) == 1000 and S.feats_fit.features.shape == (8, 2048) and S.feats_eval.features.shape == (4, 2048)
+    published = dr.read_published(cfg, S)
+    assert sorted(published) == [50] and all(len(v) == 50 for v in published[50].values())
+    ours, _ = dm.influential_indices(S.feats_fit.features, S.feats_fit.labels, 1000, cfg.k, cfg.n)
+    acc = dt.accuracy_table(S, dt.named_index_sets(ours, published, cfg))
+    assert acc["head weights"].tolist() == [2_048_000, 50_000, 50_000]
+    assert dt.k_sweep(S, cfg).shape == (2, 3)
+    _, ft = dr.finetuned(S, ours, cfg)
+    assert ft["epoch"].tolist() == [0, 1]
+    assert dr.csg_baseline(S, cfg) is None and dr.csg_index_sets(None, S, cfg) == {}
+    runs = dt.index_runs(S, None, ours, published, {}, cfg)
+    controls = dt.control_study(runs, cfg)
+    assert set(controls["indices"]) == {"ours (k=50, n=50)", "published (n=50)"} and len(controls) == 8
+    mi = dt.mi_over_n(S, None, cfg, published)
+    assert set(mi["indices"]) == {"ours (k=50, n=50)", "published ours (n=50)"}

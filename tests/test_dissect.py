@@ -1,18 +1,29 @@
-"""Network Dissection: planted detectors, vectorised tally == brute force, quantiles, invariants, tally.csv."""
+"""Network Dissection: planted detectors, vectorised tally == brute force (bilinear and NetDissect's
+receptive-field-centred upsampling), quantiles, invariants, tally.csv, both detector countings, the
+published numbers reproduced from the published tallies, cache keys, bad inputs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from PIL import Image
+from torch import nn
 
-from helpers.dissect import Planted, RandomConv, brute_force_tally, planted_data
+from helpers.dissect import (GeometryNet, Planted, RandomConv, brute_force_tally, hand_tally, lit_rows, planted_data,
+                             upstream_upsample)
 from netanatomy import broden
-from netanatomy.dissect import figures, method, run
+from netanatomy.dissect import figures, method, published, run
 from netanatomy.dissect.run import Config, DissectConfig
 from netanatomy.errors import DataError, ParamError
 from netanatomy.world import WorldConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "dissection"
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +57,13 @@ def test_planted_units_are_found(planted_root):
 
 # ----------------------------------------------------------------------------- brute force
 
-@pytest.mark.parametrize("rule", ["image", "lite"])
-def test_vectorised_tally_equals_brute_force(tmp_path, rule):
+@pytest.mark.parametrize("rule,upsample", [("image", "bilinear"), ("lite", "bilinear"), ("image", "receptive_field")])
+def test_vectorised_tally_equals_brute_force(tmp_path, rule, upsample):
     images, labels, pix, scal = planted_data(n=10, size=16, seed=3)
     root = broden.write_broden(tmp_path / "tiny", images, labels, pix, scal, progress=False)
     model = RandomConv()
     cfg = DissectConfig(normalize="none", progress=False, batch_size=4, union_rule=rule, quantile=0.05,
-                        tally_chunk=5 * 64 * 2)  # chunks of 2 images exercise the chunking
+                        tally_chunk=5 * 64 * 2, upsample=upsample)  # chunks of 2 images exercise the chunking
     res = run.dissect(model, ["conv"], root, cfg)["conv"]
     ds = broden.BrodenDataset(root)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
@@ -61,7 +72,9 @@ def test_vectorised_tally_equals_brute_force(tmp_path, rule):
     # thresholds: numpy's quantile over all positions of all images, exactly
     flat = acts.transpose(1, 0, 2, 3).reshape(acts.shape[1], -1)
     np.testing.assert_allclose(res.thresholds, np.quantile(flat, 0.95, axis=1), rtol=1e-6, atol=1e-6)
-    inter, act_cat, truth = brute_force_tally(acts, res.thresholds.astype(np.float32), ds, rule)
+    oracle = None if upsample == "bilinear" else \
+        (lambda maps, shape: upstream_upsample(((-2, -2), (5, 5), (4, 4)), maps, shape, reduction=2))
+    inter, act_cat, truth = brute_force_tally(acts, res.thresholds.astype(np.float32), ds, rule, oracle)
     np.testing.assert_array_equal(res.intersection, inter)
     np.testing.assert_array_equal(res.activation, act_cat)
     np.testing.assert_array_equal(res.truth, truth)
@@ -211,16 +224,35 @@ def test_clear_errors(planted_root, tmp_path):
         DissectConfig(categories=[])
 
 
-def test_notebook_config_checks_up_front():
-    with pytest.raises(ParamError, match="weights"):
-        Config(model="resnet18", layers=["layer4"])  # the zoo trains only the concept-world nets
-    with pytest.raises(ParamError, match="num_classes"):
-        Config(model="resnet18", weights="w.pth", layers=["layer4"])
-    with pytest.raises(ParamError, match="layers"):
-        Config(layers="nope")
-    with pytest.raises(ParamError, match="gallery_unit"):
-        Config.from_params({"gallery_unit": 3})
-    assert isinstance(Config(), DissectConfig) and Config().categories is None
+def test_notebook_config_checks_up_front(planted_root, tmp_path, monkeypatch):
+    """Every parameter is checked at construction, before the zoo model is loaded or trained."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("the subject was loaded before the parameters were checked")
+
+    monkeypatch.setattr(run, "load_subject", no_work)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    bad = [({"model": "resnet18", "layers": ["layer4"]}, "weights"),  # the zoo trains only the concept-world nets
+           ({"model": "resnet18", "weights": str(weights), "layers": ["layer4"]}, "num_classes"),
+           ({"model": "resnet18", "weights": str(tmp_path / "none.pth"), "num_classes": 3, "layers": ["layer4"]},
+            "weights"),
+           ({"layers": "nope"}, "layers"), ({"layers": ["features.conv4", "features.nope"]}, "layers"),
+           ({"gallery_units": -1}, "gallery_units"), ({"gallery_units": 0}, "gallery_units"),
+           ({"gallery_unit": 3}, "gallery_unit"), ({"counting": "unique"}, "counting"),
+           ({"upsample": "nearest"}, "upsample"), ({"published_mat": 3}, "published_mat"),
+           ({"broden_root": str(tmp_path / "missing")}, "broden_root"),
+           ({"broden_root": str(planted_root), "categories": ["weather"]}, "categories"),
+           ({"batch_size": 0}, "batch_size"), ({"iou_threshold": 1.5}, "iou_threshold"),
+           ({"normalize": "places"}, "normalize"), ({"input_size": 4}, "input_size"),
+           ({"categories": ["weather"]}, "categories"), ({"split": "train"}, "split"),
+           ({"published_csvs": str(weights)}, "published_csvs"), ({"published_mat": str(tmp_path)}, "published_mat")]
+    for values, name in bad:
+        with pytest.raises(ParamError, match=name):
+            Config.from_params(values)
+    with pytest.raises(DataError, match="no rows of split"):
+        Config.from_params({"broden_root": str(planted_root), "split": "train"})
+    ok = Config.from_params({"broden_root": str(planted_root), "layers": ["features.conv4"]})
+    assert isinstance(ok, DissectConfig) and ok.categories is None and ok.counting == "paper"
 
 
 def test_tallies_of_two_halves_merge_to_the_whole(planted_root):
@@ -259,3 +291,193 @@ def test_world_broden_is_cached_and_normalised_as_the_world():
     stamp = (root / "index.csv").stat().st_mtime_ns
     assert run.world_broden(world, progress=False) == root and (root / "index.csv").stat().st_mtime_ns == stamp
     assert run.mean_std("auto", root) == run.mean_std("world") != run.mean_std("auto", None)
+
+
+# ----------------------------------------------------------------------------- counting detectors
+
+def test_paper_and_top_label_countings_on_a_hand_tally():
+    t = hand_tally()
+    top = method.tally_summary(t, 0.04, counting="top_label")
+    assert (top["interpretable"], top["unique_concepts"]) == (2, 2)
+    assert top["per_category"] == {"object": 1, "scene": 1} and top["unique_per_category"] == {"object": 1, "scene": 1}
+    paper = method.tally_summary(t, 0.04, counting="paper")
+    assert (paper["interpretable"], paper["unique_concepts"]) == (2, 3)
+    assert paper["per_category"] == {"object": 2, "scene": 2}
+    assert paper["unique_per_category"] == {"object": 1, "scene": 2}
+    # a category where a unit overlaps nothing ('-') never counts, even at threshold 0
+    t.loc[2, ["scene-label", "scene-iou"]] = [method.NO_LABEL, 0.0]
+    assert method.tally_summary(t, 0.0, counting="paper")["unique_per_category"]["scene"] == 2
+    with pytest.raises(ValueError, match="counting"):
+        method.tally_summary(t, counting="unique")
+
+
+def test_summary_table_shows_both_countings(planted_root):
+    res = run.dissect(Planted(), ["features"], planted_root, NONE)
+    table = run.summary_table(res, counting="paper")
+    assert {"unique detectors (paper)", "unique detectors (top_label)", "object detectors"} <= set(table.columns)
+    cov = run.planted_coverage(res, counting="paper")
+    assert dict(zip(cov["category"], cov["with detector"])) == {"object": 3, "material": 1, "scene": 0}
+
+
+@pytest.mark.skipif(not (SHARED / "semantics_cvpr_release.mat").is_file(),
+                    reason=f"NetDissect's published files are absent: {SHARED}")
+def test_published_tallies_reproduce_the_paper_numbers_exactly():
+    """Each published per-unit CSV counted the paper's way gives its .mat rows num_detectors and
+    num_uniquedetectors exactly; method.PUBLISHED holds the same rows and the top-label counts."""
+    figure = published.read_published_figure(SHARED / "semantics_cvpr_release.mat")
+    assert figure["network"].nunique() == 27 and list(figure["concept"].unique()) == list(method.PUBLISHED_CONCEPTS)
+    counts = published.published_counts(SHARED)
+    assert sorted(counts["network"].unique()) == sorted(method.PUBLISHED_CSV.values())
+    for network, pub in method.PUBLISHED.items():
+        mat = figure[figure["network"] == network].set_index("concept").loc[list(method.PUBLISHED_CONCEPTS)]
+        assert tuple(mat["detectors"]) == pub["detectors"] and tuple(mat["unique detectors"]) == pub["unique"]
+        ours = counts[(counts["network"] == network) & (counts["counting"] == "paper")].set_index("concept")
+        ours = ours.loc[list(method.PUBLISHED_CONCEPTS)]
+        assert tuple(ours["detectors"]) == pub["detectors"], network
+        assert tuple(ours["unique detectors"]) == pub["unique"], network
+        top = counts[(counts["network"] == network) & (counts["counting"] == "top_label") & (counts["concept"] == "all")]
+        assert int(top["unique detectors"].iloc[0]) == pub["unique_top_label"]
+    # AlexNet/Places205 conv5 (the README's example): 79 unique detectors the paper's way, 60 by top label
+    assert method.PUBLISHED["caffe_reference_places205"]["unique"][0] == 79
+    table = published.load_published(SHARED / "semantics_cvpr_release.mat", SHARED).comparison()
+    assert (table["unique detectors (paper, CSV)"] == table["unique detectors (.mat)"]).all() and len(table) == 35
+    assert "35 of 35" in figures.describe_published(published.load_published(SHARED / "semantics_cvpr_release.mat",
+                                                                             SHARED))
+
+
+def test_published_readers_skip_absent_files_and_name_bad_ones(tmp_path):
+    absent = published.load_published(tmp_path / "none.mat", tmp_path / "nothing")
+    assert absent.figure is None and absent.counts is None and absent.comparison() is None
+    assert len(absent.notes) == 2 and "none.mat" in absent.notes[0] and "published_csvs" in absent.notes[1]
+    assert figures.describe_published(absent) == " ".join(absent.notes)
+    (tmp_path / "bad.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DataError, match="bad.mat"):
+        published.read_published_figure(tmp_path / "bad.mat")
+
+
+def test_cross_network_figure_stacks_and_sorts_like_upstream():
+    rows = []
+    for net, uniq in (("a", (1, 0, 0, 0, 0, 0)), ("b", (2, 1, 3, 0, 1, 1)), ("c", (1, 0, 0, 0, 0, 0))):
+        for concept, u in zip(figures.FIGURE_CONCEPTS, uniq):
+            rows.append({"network": net, "layer": "conv5", "concept": concept, "detectors": u, "unique detectors": u})
+    fig = figures.plot_published_figure(pd.DataFrame(rows))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "a", "c"]  # by total, ties in file order
+    tops = np.zeros(3)
+    for patch in ax.patches:
+        tops[round(patch.get_x() + patch.get_width() / 2)] = max(tops[round(patch.get_x() + patch.get_width() / 2)],
+                                                                  patch.get_y() + patch.get_height())
+    np.testing.assert_array_equal(tops, [8, 1, 1])
+    assert ax.get_ylabel() == "Number of unique detectors"
+
+
+# ----------------------------------------------------------------------------- receptive-field upsampling
+
+def test_field_maps_equal_the_receptive_fields_read_off_lit_rows():
+    model = GeometryNet()
+    for layer, size, row in (("stem", 64, 8), ("block", 96, 6), ("head", 96, 6)):
+        (o, _), (s, _), (t, _) = run.field_map(model, layer)
+        assert lit_rows(model, layer, size, row) == (row * t + o, row * t + o + s - 1), layer
+    assert run.field_map(model, "head") == ((-25, -25), (51, 51), (8, 8))
+    # the paper's Caffe AlexNet conv5 (no padding in conv1): NetDissect's field map (-64, 163, 16)
+    alex = nn.Sequential(nn.Conv2d(3, 2, 11, 4), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(2, 2, 5, padding=2),
+                         nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1))
+    assert run.field_map(alex, "10") == ((-64, -64), (163, 163), (16, 16))
+    with pytest.raises(ParamError, match="upsample"):
+        run.field_map(nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(2), nn.Conv2d(2, 2, 1)), "2")
+
+
+@pytest.mark.parametrize("fieldmap,hw,seg,r", [(((-64, -64), (163, 163), (16, 16)), (13, 13), (113, 113), 2),
+                                              (((-2, -2), (5, 5), (4, 4)), (4, 5), (8, 10), 2),
+                                              (((-90, -90), (196, 196), (16, 16)), (14, 14), (112, 112), 2)])
+def test_receptive_field_upsampling_equals_netdissect(fieldmap, hw, seg, r):
+    maps = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3) + hw).astype(np.float32))
+    centre = tuple(o + s // 2 for o, s in zip(fieldmap[0], fieldmap[1]))
+    grid = method.receptive_field_grid(hw, seg, centre, fieldmap[2], r)
+    ours = method._upsample(maps, seg, grid).reshape(2, *seg, 3).permute(0, 3, 1, 2).numpy()
+    expect = np.stack([upstream_upsample(fieldmap, m.numpy(), seg, r) for m in maps])
+    np.testing.assert_allclose(ours, expect, atol=1e-5)
+    assert method.receptive_field_positions(13, 17, 16, 2).tolist() == list(range(8, 112, 8))  # AlexNet at 227
+
+
+# ----------------------------------------------------------------------------- data: caching and damage
+
+def test_cache_key_covers_images_and_segmentations(planted_root, monkeypatch):
+    cfg = DissectConfig(normalize="none", progress=False, batch_size=32)
+    first = run.dissect(Planted(), ["features"], planted_root, cfg)["features"]
+    calls = {"n": 0}
+    original = Planted.forward
+
+    def counting(self, x):
+        calls["n"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(Planted, "forward", counting)
+    run.dissect(Planted(), ["features"], planted_root, cfg)
+    assert calls["n"] == 0  # unchanged folder: both passes from the cache
+    ds = broden.BrodenDataset(planted_root)
+    img = ds.load_image(0).copy()
+    img[..., 0] = 120  # the star's channel value everywhere: unit 2 fires on the whole image
+    Image.fromarray(img).save(ds.image_path(0))
+    again = run.dissect(Planted(), ["features"], planted_root, cfg)["features"]
+    assert calls["n"] > 0 and not np.array_equal(again.thresholds, first.thresholds)
+    calls["n"] = 0
+    seg_row = next(i for i, r in enumerate(ds.rows) if "object" in r.pixels)
+    path = planted_root / "images" / ds.rows[seg_row].pixels["object"][0]
+    Image.fromarray(broden.encode_labels(np.ones((16, 16), int))).save(path)  # a segmentation changed
+    changed = run.dissect(Planted(), ["features"], planted_root, cfg)["features"]
+    assert calls["n"] > 0 and not np.array_equal(changed.truth, again.truth)
+
+
+def test_damaged_cached_pass_is_set_aside_and_recomputed(planted_root, tmp_path):
+    from netanatomy.cache import CacheWarning
+    cfg = DissectConfig(normalize="none", progress=False, batch_size=32)
+    expect = run.dissect(Planted(), ["features"], planted_root, cfg)["features"]
+    passes = sorted((tmp_path / "cache" / "dissect").glob("pass1-*.pt"))
+    assert len(passes) == 1
+    passes[0].write_bytes(passes[0].read_bytes()[:50])
+    with pytest.warns(CacheWarning, match=passes[0].name):
+        got = run.dissect(Planted(), ["features"], planted_root, cfg)["features"]
+    np.testing.assert_array_equal(got.iou, expect.iou)
+    assert passes[0].with_name(passes[0].name + ".damaged").is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_truncated_image_stops_with_one_line_naming_it(planted_root, workers):
+    ds = broden.BrodenDataset(planted_root)
+    victim = ds.image_path(5)
+    victim.write_bytes(victim.read_bytes()[:100])
+    cfg = DissectConfig(normalize="none", progress=False, batch_size=16, num_workers=workers, cache=False)
+    with pytest.raises(DataError) as info:
+        run.dissect(Planted(), ["features"], planted_root, cfg)
+    text = str(info.value)
+    assert str(victim) in text and "truncated or damaged" in text and "\n" not in text
+
+
+# ----------------------------------------------------------------------------- parameter sets
+
+def test_lite_normalisation_is_netdissect_lite_arithmetic():
+    """Lite: RGB -> BGR, minus the BGR mean, back to RGB, divided by 255 * 0.224 (feature_operation.py)."""
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3)).astype(np.float32)
+    bgr_mean = np.array([109.5388, 118.6897, 124.6901], np.float32)
+    lite = ((rgb[..., ::-1] - bgr_mean)[..., ::-1]) / (255.0 * 0.224)
+    mean, std = run.mean_std("netdissect_lite")
+    np.testing.assert_allclose((rgb / 255 - np.array(mean)) / np.array(std), lite, rtol=1e-5, atol=1e-5)
+
+
+def test_lite_parameter_set_is_netdissect_lites_setting(tmp_path):
+    values = yaml.safe_load((ROOT / "params" / "dissection.broden224_resnet18.yaml").read_text())
+    assert values["categories"] == ["object", "part", "scene", "texture", "color"]  # Lite's CATAGORIES: no material
+    assert (values["union_rule"], values["upsample"], values["normalize"]) == ("lite", "bilinear", "netdissect_lite")
+    cats = {c: [(i + 1 + 10 * k, f"{c}{i}") for i in range(2)] for k, c in enumerate(values["categories"])}
+    images = np.zeros((4, 16, 16, 3), np.uint8)
+    pix = {c: np.full((4, 16, 16), cats[c][0][0]) for c in ("object", "part", "color")}
+    scal = {c: np.full(4, cats[c][0][0]) for c in ("scene", "texture")}
+    root = broden.write_broden(tmp_path / "b", images, cats, pix, scal, progress=False)
+    (tmp_path / "w.pth").write_bytes(b"")
+    cfg = Config.from_params({**values, "broden_root": str(root), "weights": str(tmp_path / "w.pth"), "device": "cpu"})
+    assert cfg.categories == values["categories"] and run.mean_std(cfg.normalize) == method.LITE_NORMALIZE
+    for name in ("broden224_resnet50", "broden224_vgg16", "broden227_alexnet"):
+        other = yaml.safe_load((ROOT / "params" / f"dissection.{name}.yaml").read_text())
+        assert (other["union_rule"], other["upsample"], other["counting"]) == ("image", "receptive_field", "paper")

@@ -1,6 +1,8 @@
-"""Dynamic-K activation: the routed head's exact invariants, model surgery, checkpoints, training, explanations."""
+"""Dynamic-K activation: the routed head's exact invariants, model surgery, checkpoints, training, paired
+seeds and their verdicts, damaged caches, parameter checks, explanations."""
 
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,9 @@ import torch
 import yaml
 from torch import nn
 
-from helpers.dka import Planted, PlantedData, reference_topk_linear
-from netanatomy import models
+from helpers.dka import Planted, PlantedData, paired_interval_by_hand, reference_topk_linear, seed_rows
+from netanatomy import models, zoo
+from netanatomy.cache import CacheWarning
 from netanatomy.dissect.method import tally_summary
 from netanatomy.dka import figures, method, run
 from netanatomy.errors import DataError, ParamError
@@ -183,7 +186,7 @@ def test_load_upstream_checkpoint(tmp_path):
 
 
 def _recipe(epochs, **kw):
-    return run.upstream_recipe(epochs, **{"lr": 0.05, "batch_size": 32, "device": "cpu", "progress": False, **kw})
+    return run.recipe(epochs, **{"lr": 0.05, "batch_size": 32, "device": "cpu", "progress": False, **kw})
 
 
 def test_dense_and_dka_share_init_train_and_cache(tmp_path, monkeypatch):
@@ -288,3 +291,133 @@ def test_parameter_sets_make_valid_configs(name, tmp_path):
     assert 1 <= cfg.k <= cfg.D and all(k is None or 1 <= k <= cfg.D for k in cfg.k_sweep)
     if "places365" in name:
         assert (cfg.model, cfg.D, cfg.layer, cfg.k) == ("resnet18", 512, "layer4", 5)
+        r = cfg.recipe(cfg.seed, 90)   # upstream train.py's recipe
+        u = method.UPSTREAM_RECIPE
+        assert (r.lr, r.momentum, r.weight_decay, r.schedule, r.step_size, r.gamma, r.max_loss, r.label_smoothing) \
+            == (u["lr"], u["momentum"], u["weight_decay"], "step", u["epochs"] // u["lr_steps"], u["gamma"],
+                u["max_loss"], 0.0)
+    if name == "dka.yaml":     # the default run: at least five seeds decide the claims
+        assert cfg.seeds >= 5 and cfg.sweep_epochs is None
+
+
+BAD_PARAMETERS = [("lr", "abc"), ("lr", 0), ("lr", None), ("epochs", -1), ("epochs", 2.5), ("seeds", 0), ("seeds", "5"),
+                  ("k", 0), ("k", "5"), ("k", 129), ("k_sweep", [0]), ("k_sweep", "D"), ("sweep_epochs", 0),
+                  ("schedule", "cosine"), ("weight_decay", -1e-4), ("label_smoothing", 1.0), ("batch_size", 0),
+                  ("accuracy_margin", -0.1), ("accuracy_margin", "1 point"), ("width_mult", 0), ("image_size", 4),
+                  ("explain_images", -1), ("layer", "features.conv4"), ("layer", "nope"), ("quantile", 0),
+                  ("iou_threshold", 1.5), ("union_rule", "pixel"), ("categories", 3), ("device", "gpu"),
+                  ("model", "vgg99"), ("dataset", "mnist"), ("scale", "huge"), ("seed", -1), ("progress", "yes"),
+                  ("data_root", ""), ("weights", 5), ("broden_root", ""), ("workers", 0)]
+
+
+@pytest.mark.parametrize("name,value", BAD_PARAMETERS, ids=lambda v: repr(v))
+def test_every_parameter_is_checked_before_any_work(name, value, tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    params = {"k_sweep": [], name: value}
+    with pytest.raises(ParamError) as err:
+        run.Config.from_params(params)
+    assert err.value.param == name, str(err.value)
+    assert not any(tmp_path.rglob("*.pt")) and not any(tmp_path.rglob("*.npz"))   # nothing computed
+    run.Config.from_params({"k_sweep": []})          # a good config reads no data either
+    assert not any(tmp_path.rglob("*.npz"))
+
+
+def test_checkpoints_and_seeds_are_consistent(tmp_path):
+    ckpt = tmp_path / "dka.pth"
+    ckpt.write_text("")
+    with pytest.raises(ParamError, match="'seeds'.*must be 1 with weights"):
+        run.Config(weights=str(ckpt), k_sweep=[])
+    with pytest.raises(DataError, match="missing.pth: checkpoint given as dense_weights not found"):
+        run.Config(dense_weights=str(tmp_path / "missing.pth"), seeds=1, k_sweep=[])
+    with pytest.raises(DataError, match="data_root not found"):
+        run.Config(dataset="imagefolder", data_root=str(tmp_path / "none"), broden_root=None, k_sweep=[])
+
+
+def test_verdicts_on_planted_seeds():
+    """Known answers: accuracy equal within 0.1 point (held at a 1-point margin), interpretable units
+    fewer by 3-5 (did not hold), concentration differences of both signs (inconclusive)."""
+    dense_acc, dka_acc = [0.80, 0.82, 0.81, 0.79, 0.83], [0.801, 0.819, 0.811, 0.790, 0.831]
+    values = {"val_acc": {"dense": dense_acc, "DKA": dka_acc},
+              "interpretable": {"dense": [10, 12, 9, 11, 10], "DKA": [7, 8, 4, 8, 6]},
+              "concentration": {"dense": [0.5, 0.4, 0.6, 0.5, 0.45], "DKA": [0.6, 0.3, 0.65, 0.4, 0.5]}}
+    cfg = run.Config(k_sweep=[], accuracy_margin=0.01)
+    v = run.verdicts(seed_rows(values), cfg).set_index("measure")
+    assert v["verdict"].to_dict() == {"val_acc": "held", "interpretable": "did not hold",
+                                      "concentration": "inconclusive"}
+    for measure in values:
+        mean, low, high = paired_interval_by_hand(values[measure]["DKA"], values[measure]["dense"])
+        assert v.loc[measure, ["difference", "low", "high"]].tolist() == pytest.approx([mean, low, high], abs=1e-9)
+    assert v.loc["val_acc", "threshold"] == -0.01 and (v["seeds"] == 5).all()
+    # a margin smaller than the interval's reach below zero makes the accuracy claim inconclusive
+    mean, low, _ = paired_interval_by_hand(dka_acc, dense_acc)
+    tight = run.verdicts(seed_rows(values), run.Config(k_sweep=[], accuracy_margin=-low / 2))
+    assert tight.set_index("measure").loc["val_acc", "verdict"] == "inconclusive"
+    # a DKA worse by more than the margin in every seed: did not hold
+    worse = dict(values, val_acc={"dense": dense_acc, "DKA": [a - 0.03 for a in dense_acc]})
+    assert run.verdicts(seed_rows(worse), cfg).set_index("measure").loc["val_acc", "verdict"] == "did not hold"
+    one = run.verdicts(seed_rows({m: {a: x[:1] for a, x in arms.items()} for m, arms in values.items()}), cfg)
+    assert one["verdict"].str.startswith("not tested").all() and one["low"].isna().all()
+    said = figures.describe_verdicts(v.reset_index(), 5)
+    assert "DKA costs no accuracy (DKA - dense > -1.0 points)" in said and "**held**" in said
+    assert "**did not hold**" in said and "**inconclusive**" in said
+
+
+def test_zoo_dense_arm_and_dka_arm_share_initialisation(tmp_path, monkeypatch):
+    """On the concept world the dense arm is the zoo's net; with zero epochs both arms are their
+    initial weights: equal for one seed (the DKA head copies the dense head), different across seeds."""
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    cfg = run.Config(scale="smoke", width_mult=0.25, k=3, k_sweep=[], seeds=2, device="cpu", progress=False)
+    data = run.load(cfg)
+    arms = {(k, s): run.train_arm(cfg, data, k, s, epochs=0) for k in (None, 3) for s in (0, 1)}
+    assert arms[(None, 0)].path.parent.name == "zoo" and arms[(None, 0)].path == zoo.cache_path(
+        "small_vgg", data.world, cfg.recipe(0, 0), 0.25)
+    assert method.head_k(arms[(3, 0)].model) == 3 and method.head_k(arms[(None, 0)].model) is None
+    for s in (0, 1):
+        for (n, a), b in zip(arms[(None, s)].model.state_dict().items(), arms[(3, s)].model.state_dict().values()):
+            assert torch.equal(a, b), n
+    differ = [not torch.equal(a, b) for a, b in zip(arms[(None, 0)].model.state_dict().values(),
+                                                    arms[(None, 1)].model.state_dict().values())]
+    assert any(differ)
+
+
+def test_damaged_cached_model_is_set_aside_and_retrained(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    data = PlantedData(64, 32)
+    first = run.train_model("small_vgg", 2, data, _recipe(1), width_mult=0.25)
+    size = first.path.stat().st_size
+    with open(first.path, "r+b") as fh:            # truncate the cached model file
+        fh.truncate(size // 3)
+    with pytest.warns(CacheWarning, match=f"{first.path.name}: damaged cache file"):
+        again = run.train_model("small_vgg", 2, data, _recipe(1), width_mult=0.25)
+    assert first.path.with_name(first.path.name + ".damaged").is_file() and first.path.stat().st_size > size // 2
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b)           # recomputed, same result on this machine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)   # the new file reads back cleanly
+        run.train_model("small_vgg", 2, data, _recipe(1), width_mult=0.25)
+
+
+def test_paired_runs_trained_side_by_side_are_read_from_the_cache(tmp_path, monkeypatch):
+    """`prefetch` trains the missing arms in two processes; `train_pairs` then only reads them, and a
+    second prefetch starts no process (everything is cached)."""
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    cfg = run.Config(scale="smoke", width_mult=0.25, k=3, k_sweep=[], seeds=2, epochs=1, batch_size=64,
+                     device="cpu", progress=False, workers=2)
+    data = run.load(cfg)
+    jobs = [(k, s) for s in cfg.seed_list for k in (None, 3)]
+    assert not any(run.arm_path(cfg, data, *job).is_file() for job in jobs)
+    run.prefetch(cfg, data, jobs)
+    paths = [run.arm_path(cfg, data, *job) for job in jobs]
+    assert all(p.is_file() for p in paths)
+    stamps = [p.stat().st_mtime_ns for p in paths]
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started although every arm is cached")
+    monkeypatch.setattr(run, "ProcessPoolExecutor", no_pool)
+    pairs = run.train_pairs(cfg)
+    assert [p.seed for p in pairs] == [0, 1] and [p.stat().st_mtime_ns for p in paths] == stamps
+    for pair in pairs:
+        assert pair.dense.path == run.arm_path(cfg, data, None, pair.seed) and pair.dka.k == 3
+        assert 0.0 <= pair.dense.val_acc <= 1.0 and 0.0 <= pair.dka.val_acc <= 1.0
+    table = run.accuracy_table(pairs)
+    assert table["dka_minus_dense"].tolist() == pytest.approx((table["dka_val_acc"] - table["dense_val_acc"]).tolist())

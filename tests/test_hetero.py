@@ -1,20 +1,25 @@
-"""Heterogeneity hypothesis (netanatomy.hetero): hypernetwork convs, search, shrink, materialise, FLOPs,
-the notebook's config, the cached runs and the command line (also under torchrun)."""
+"""Heterogeneity hypothesis (netanatomy.hetero): hypernetwork convs, search, shrink, materialise, FLOPs
+under upstream's and torch's conventions, the notebook's config, the cached runs, the paired verdicts
+and the command line (also under torchrun)."""
 
 import dataclasses
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
-from helpers.hetero import CIFAR, IMNET, TensorData, closest_ratio, imnet_arch, searched, tiny_data
+from helpers.hetero import (CIFAR, HAND_ARCH_FLOPS, HAND_NET_FLOPS, IMNET, TensorData, closest_ratio, hand_arch,
+                            hand_net, imnet_arch, made_up_runs, searched, tiny_data)
 from netanatomy import cli, hooks, params, stats
+from netanatomy.cache import CacheWarning
 from netanatomy.errors import ParamError
 from netanatomy.hetero import method as H
+from netanatomy.hetero import networks as N
 from netanatomy.hetero import run as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +39,7 @@ def imnet():
 
 def test_generated_kernel_shape():
     for k, cin, cout in ((3, 5, 7), (1, 6, 4), (7, 3, 8)):
-        spec = H.ConvSpec("c", "c", "bn", "a", "b", k, 1, (4, 4), True)
+        spec = N.ConvSpec("c", "c", "bn", "a", "b", k, 1, (4, 4), True)
         conv = H.HyperConv(spec, cin, cout, embedding_dim=3)
         w = conv.kernel(torch.randn(cin), torch.randn(cout))
         assert w.shape == (cout, cin, k, k)
@@ -107,7 +112,7 @@ def test_binary_search_lands_within_tolerance_or_reports(cifar, ratio):
     cfg = dataclasses.replace(CIFAR, ratio=ratio, remain_percentage=0.1, linear_percentage=0.1)
     for mode in H.SCORES:
         res = H.shrink(arch, H.channel_scores(hyper, mode), cfg)
-        true_ratio = H.analytic_flops(arch, res.counts) / H.analytic_flops(arch)
+        true_ratio = N.analytic_flops(arch, res.counts) / N.analytic_flops(arch)
         assert res.ratio == pytest.approx(true_ratio)
         assert (res.trace["phase"] == "upstream").sum() <= cfg.max_iter
         # brute force over every breakpoint of the threshold: is the target reachable at all?
@@ -130,7 +135,7 @@ def test_higher_threshold_never_keeps_more(cifar):
         prev_counts, prev_flops = None, None
         for t in torch.linspace(0, top * 1.1, 40).tolist():
             counts = H.counts_of(H.masks_at(scores, floor, t))
-            flops = H.analytic_flops(arch, counts)
+            flops = N.analytic_flops(arch, counts)
             if prev_counts is not None:
                 assert all(counts[v] <= prev_counts[v] for v in counts)
                 assert flops <= prev_flops
@@ -138,34 +143,91 @@ def test_higher_threshold_never_keeps_more(cifar):
         assert prev_counts == floor or all(prev_counts[v] >= floor[v] for v in floor)
 
 
-def test_flop_counter_agrees_with_analytic(cifar, imnet):
+def test_flop_counters_agree_with_analytic(cifar, imnet):
     for arch, hyper, cfg in ((*cifar, CIFAR), (*imnet, IMNET)):
         res = H.shrink(arch, H.channel_scores(hyper, "gradient"), cfg)
         size = arch.input_size
-        for net, counts in ((H.build_network(arch), None), (H.materialise(hyper, res.masks), res.counts)):
-            assert stats.count_flops(net, (1, 3, size, size)) == H.analytic_flops(arch, counts)
-            assert stats.count_params(net) == H.analytic_params(arch, counts)
+        for net, counts in ((N.build_network(arch), None), (H.materialise(hyper, res.masks), res.counts)):
+            assert stats.count_flops(net, (1, 3, size, size)) == N.analytic_flops(arch, counts)
+            assert stats.count_params(net) == N.analytic_params(arch, counts)
+            for convention in N.SEARCH_CONVENTIONS:      # upstream's module-by-module counters
+                assert N.count_flops_as(net, size, convention) == N.analytic_flops(arch, counts, convention)
+            assert N.analytic_flops(arch, counts, "torch") == 2 * N.analytic_flops(arch, counts, "hh")
+
+
+def test_flops_conventions_on_networks_counted_by_hand():
+    arch = hand_arch()
+    assert arch.vectors["stage1"] == 1 and arch.vectors["stage3"] == 4
+    net = N.build_network(arch)
+    for convention, expected in HAND_ARCH_FLOPS.items():
+        assert N.analytic_flops(arch, None, convention) == expected
+    assert stats.count_flops(net, (1, 3, 4, 4)) == HAND_ARCH_FLOPS["torch"]
+    assert N.count_flops_as(net, 4, "hh") == HAND_ARCH_FLOPS["hh"]
+    assert N.count_flops_as(net, 4, "dhp") == HAND_ARCH_FLOPS["dhp"]
+    plain = hand_net()
+    assert stats.count_flops(plain, (1, 3, 4, 4)) == HAND_NET_FLOPS["torch"]
+    assert N.count_flops_as(plain, 4, "hh") == HAND_NET_FLOPS["hh"]
+    assert N.count_flops_as(plain, 4, "dhp") == HAND_NET_FLOPS["dhp"]
+    with pytest.raises(ParamError, match="flops_convention"):
+        N.count_flops_as(plain, 4, "macs")
+
+
+def test_search_target_follows_the_convention(cifar):
+    """The dhp convention counts BatchNorm too, so the same target keeps a different configuration; the
+    reached ratio is the one of the chosen convention, and hh gives exactly the torch ratio."""
+    arch, hyper = cifar
+    scores = H.channel_scores(hyper, "magnitude")
+    out = {}
+    for convention in N.SEARCH_CONVENTIONS:
+        cfg = dataclasses.replace(CIFAR, flops_convention=convention, remain_percentage=0.1, linear_percentage=0.1)
+        res = out[convention] = H.shrink(arch, scores, cfg)
+        assert res.ratio == pytest.approx(N.analytic_flops(arch, res.counts, convention) /
+                                          N.analytic_flops(arch, None, convention))
+        assert convention in res.message
+    hh = out["hh"]
+    assert hh.ratio == pytest.approx(N.analytic_flops(arch, hh.counts, "torch") / N.analytic_flops(arch, None, "torch"))
+    # BatchNorm costs relatively more in the narrow, pruned network: under dhp the hh configuration is above target
+    dhp_of_hh = N.analytic_flops(arch, hh.counts, "dhp") / N.analytic_flops(arch, None, "dhp")
+    assert dhp_of_hh > hh.ratio + 1e-4
 
 
 def test_width_two_gives_about_four_times_the_flops():
     for model, depth, size in (("cifar_resnet", 20, 32), ("cifar_resnet", 56, 32), ("imagenet_resnet", 50, 224)):
-        one = H.analytic_flops(H.architecture(model, depth, 1.0, 10, size))
-        two = H.analytic_flops(H.architecture(model, depth, 2.0, 10, size))
+        one = N.analytic_flops(N.architecture(model, depth, 1.0, 10, size))
+        two = N.analytic_flops(N.architecture(model, depth, 2.0, 10, size))
         assert 3.8 < two / one <= 4.0
     # the materialised CIFAR ResNet-20 counts the same under torch.utils.flop_counter
-    a1, a2 = H.architecture("cifar_resnet", 20, 1.0, 10, 32), H.architecture("cifar_resnet", 20, 2.0, 10, 32)
-    r = stats.count_flops(H.build_network(a2)) / stats.count_flops(H.build_network(a1))
+    a1, a2 = N.architecture("cifar_resnet", 20, 1.0, 10, 32), N.architecture("cifar_resnet", 20, 2.0, 10, 32)
+    r = stats.count_flops(N.build_network(a2)) / stats.count_flops(N.build_network(a1))
     assert 3.8 < r <= 4.0
 
 
 def test_resnet50_is_torchvision_compatible():
-    arch = H.architecture("imagenet_resnet", 50, 1.0, 1000, 224)
-    mine = H.build_network(arch).state_dict()
+    arch = N.architecture("imagenet_resnet", 50, 1.0, 1000, 224)
+    mine = N.build_network(arch).state_dict()
     ref = torchvision.models.resnet50(weights=None).state_dict()
     assert set(mine) == set(ref)
     assert all(mine[k].shape == ref[k].shape for k in ref)
-    assert H.analytic_flops(arch) == 8_178_368_512                 # 4.09 G multiply-adds, as usually quoted
-    assert H.analytic_params(arch) == 25_557_032
+    assert N.analytic_flops(arch) == 8_178_368_512                 # 4.09 G multiply-adds, as usually quoted
+    assert N.analytic_params(arch) == 25_557_032
+
+
+def test_two_search_batches_leave_the_magnitude_ranking_at_its_random_draw():
+    """Upstream's search is 2 SGD batches at the training lr: the latent vectors move by well under 1 %, so
+    'magnitude' ranks channels as their N(0, 1) initial draw does (rank correlation above 0.99; the README
+    reports 1.0000 on the default run's settings)."""
+    arch = H.arch_for(CIFAR)
+    torch.manual_seed(0)
+    hyper = H.HyperResNet(arch, CIFAR.embedding_dim)
+    before = {k: v.detach().abs().clone() for k, v in hyper.latents.items()}
+    H.search(hyper, tiny_data(size=CIFAR.input_size), CIFAR, batch_size=16, seed=0, device="cpu", progress=False)
+    after = H.channel_scores(hyper, "magnitude")
+    moved = max(((after[k] - before[k]).abs().max() / before[k].abs().max()).item() for k in before)
+    assert 0 < moved < 0.02
+    rank = lambda v: v.argsort().argsort().float()  # noqa: E731
+    spearman = [torch.corrcoef(torch.stack([rank(before[k]), rank(after[k])]))[0, 1].item()
+                for k in arch.vectors if k != "input"]
+    assert min(spearman) > 0.99
 
 
 def test_fixed_seed_reproduces_configuration():
@@ -195,16 +257,35 @@ def test_nothing_calls_cuda_on_cpu(monkeypatch):
     assert next(net.parameters()).device.type == "cpu"
 
 
-@pytest.mark.parametrize("field,value", [("ratio", 0.0), ("ratio", 1.5), ("ratio", -0.2), ("width_mult", 0.5),
-                                         ("remain_percentage", -0.1), ("remain_percentage", 1.2),
-                                         ("linear_percentage", 2.0), ("score", "taylor"), ("score", ["random", "taylor"]),
-                                         ("depth", 21), ("model", "vgg"), ("seeds", 0), ("epochs", 1.5),
-                                         ("search_batch_size", 0), ("dataset", "mnist")])
-def test_bad_parameters_stop_with_one_clear_message(field, value):
+@pytest.mark.parametrize("field,value", [("ratio", 0.0), ("ratio", 1.5), ("ratio", -0.2), ("ratio", "0.23"),
+                                         ("width_mult", 0.5), ("remain_percentage", -0.1), ("remain_percentage", 1.2),
+                                         ("linear_percentage", 2.0), ("score", "taylor"),
+                                         ("score", ["random", "taylor"]),
+                                         ("score", []), ("score", ["random", "random"]), ("depth", 21), ("depth", 2),
+                                         ("model", "vgg"), ("seeds", 0), ("seeds", 2.0), ("epochs", 1.5),
+                                         ("epochs", 0), ("lr", "fast"), ("lr", "0.1"), ("lr", 0), ("lr", float("nan")),
+                                         ("search_batch_size", 0), ("dataset", "mnist"), ("flops_convention", "torch"),
+                                         ("flops_convention", "macs"), ("schedule", "step"), ("label_smoothing", 1.0),
+                                         ("label_smoothing", -0.1), ("weight_decay", -1e-4), ("batch_size", 0),
+                                         ("embedding_dim", 0), ("search_batches", 0), ("image_size", 4),
+                                         ("num_workers", -1), ("data_root", ""), ("data_root", "data/cifar"),
+                                         ("seed", -1), ("scale", "huge"),
+                                         ("progress", "yes")])
+def test_bad_parameters_stop_with_one_clear_message(field, value, monkeypatch):
+    monkeypatch.setattr(R, "experiment", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ParamError) as info:
         R.Config.from_params({field: value})
     assert info.value.param == field
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("field,value", [("search_lr", "0.1"), ("search_lr", -1.0), ("tolerance", 0.0),
+                                         ("step", "x"), ("max_iter", 0), ("prune_threshold", None),
+                                         ("flops_convention", "torch"), ("input_size", 2), ("num_classes", 0)])
+def test_bad_method_settings_stop_with_one_clear_message(field, value):
+    with pytest.raises(ParamError) as info:
+        H.HeteroConfig(**{field: value})
+    assert info.value.param == field and "\n" not in str(info.value)
 
 
 def test_config_knows_every_notebook_parameter_with_the_same_default():
@@ -212,8 +293,9 @@ def test_config_knows_every_notebook_parameter_with_the_same_default():
     cfg = R.Config.from_params(notebook)
     assert sorted(R.Config.names()) == sorted(notebook)
     assert R.Config() == cfg                                     # the notebook's defaults are the config's
-    assert cfg.seed_list == [0, 1] and cfg.modes == list(H.SCORES)
-    assert cfg.recipe.lr == cfg.hetero(10, 32).search_lr == 0.1   # the search uses the training lr, as upstream
+    assert cfg.seed_list == [0, 1, 2, 3, 4] and cfg.modes == ["magnitude", "random"]
+    assert cfg.recipe.lr == cfg.hetero(10, 32).search_lr == cfg.lr   # the search uses the training lr, as upstream
+    assert cfg.hetero(10, 32).flops_convention == "hh"
     with pytest.raises(ParamError, match="'width_multiplier'.*not a parameter"):
         R.Config.from_params({**notebook, "width_multiplier": 2})
 
@@ -222,14 +304,23 @@ def test_run_end_to_end_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
     data = TensorData(tiny_data(n=64))
     cfg = R.Config(depth=8, width_mult=2.0, ratio=0.3, embedding_dim=2, score=["magnitude", "random"], seeds=1,
-                   epochs=1, batch_size=16, lr=0.05, weight_decay=1e-4, device="cpu", progress=False)
+                   epochs=1, batch_size=16, lr=0.05, schedule="cosine", weight_decay=1e-4, device="cpu", progress=False)
     exp = R.experiment(cfg, data)
     assert list(exp.runs["network"]) == ["baseline", "lw-dna", "lw-dna"]
     assert (exp.runs["flops"] == exp.runs["flops_analytic"]).all()
     lw = exp.runs[exp.runs["network"] == "lw-dna"]
     assert (lw["flops"] < exp.runs["flops"].iloc[0] * 4 * 0.3 + 1e6).all()
     acc = R.accuracy_table(exp)
-    assert set(R.held(acc)) == {"magnitude", "random"}
+    assert list(acc["n_seeds"]) == [1, 1, 1] and acc["acc_low"].isna().all()    # one seed: no interval
+    table = R.verdicts(exp.runs)
+    assert list(table["comparison"]) == ["lw-dna (magnitude) - baseline", "lw-dna (random) - baseline",
+                                         "lw-dna (magnitude) - lw-dna (random)"]
+    assert (table["verdict"] == stats.INCONCLUSIVE).all()
+    assert (exp.runs["flops"] == 2 * exp.runs["flops_hh"]).all()
+    assert (exp.runs["flops_dhp"] > exp.runs["flops_hh"]).all()
+    cx = R.complexity_table(exp)
+    assert list(cx["network"]) == ["baseline", "widened", "lw-dna", "lw-dna"]
+    assert cx["ratio_hh"].iloc[1] == 1.0 and (cx["MFLOPs"] == cx["MFLOPs_analytic"]).all()
     # every run cached once, no checkpoint left behind; a second run only reads them
     names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "hetero").glob("*.pt"))
     assert names == ["baseline", "lwdna-magnitude", "lwdna-random", "shrunk-magnitude", "shrunk-random"]
@@ -241,17 +332,82 @@ def test_run_end_to_end_and_cached(monkeypatch, tmp_path):
     assert set(R.search_traces(exp)["score"]) == {"magnitude", "random"}
 
 
+def test_verdicts_on_made_up_numbers():
+    """Five seeds: magnitude +1.0 points in every seed (sd 0.158: interval 1.0 +- 2.776 * 0.158 / sqrt 5 =
+    [0.804, 1.196]) held; random +-1 around 0 inconclusive; gradient about -2 did not hold."""
+    runs = made_up_runs({"magnitude": [1.0, 1.2, 0.8, 1.1, 0.9], "random": [1.0, -1.0, 0.5, -0.5, 0.0],
+                         "gradient": [-2.0, -2.2, -1.8, -2.1, -1.9]})
+    table = R.verdicts(runs).set_index("comparison")
+    mag = table.loc["lw-dna (magnitude) - baseline"]
+    assert mag["n_seeds"] == 5 and mag["diff"] == pytest.approx(1.0)
+    assert mag["low"] == pytest.approx(0.8037, abs=1e-3) and mag["high"] == pytest.approx(1.1963, abs=1e-3)
+    assert mag["flops_ratio"] == pytest.approx(0.9) and mag["fewer_flops"]
+    assert mag["seed_diffs"] == pytest.approx([1.0, 1.2, 0.8, 1.1, 0.9])
+    assert mag["verdict"] == stats.HELD
+    assert table.loc["lw-dna (random) - baseline", "verdict"] == stats.INCONCLUSIVE
+    assert table.loc["lw-dna (gradient) - baseline", "verdict"] == stats.NOT_HELD
+    # the control: magnitude minus random, paired: [0, 2.2, 0.3, 1.6, 0.9], mean 1.0, sd 0.908 -> [-0.128, 2.128]
+    ctl = table.loc["lw-dna (magnitude) - lw-dna (random)"]
+    assert ctl["diff"] == pytest.approx(1.0) and ctl["low"] == pytest.approx(-0.128, abs=1e-3)
+    assert ctl["verdict"] == stats.INCONCLUSIVE
+    assert table.loc["lw-dna (gradient) - lw-dna (random)", "verdict"] == stats.NOT_HELD
+    assert "lw-dna (random) - lw-dna (random)" not in table.index
+
+
+def test_verdict_needs_fewer_flops_pairs_by_seed_and_two_seeds():
+    # more accurate in every seed but not cheaper: the claim (fewer FLOPs) did not hold
+    costly = R.verdicts(made_up_runs({"magnitude": [1.0, 1.2, 0.8, 1.1, 0.9]}, flops={"magnitude": 100.0}))
+    assert costly.iloc[0]["verdict"] == stats.NOT_HELD and not costly.iloc[0]["fewer_flops"]
+    # only the seeds both arms have are paired; an unpaired seed does not count
+    partial = R.verdicts(made_up_runs({"magnitude": [1.0, 1.2, 0.8]})).iloc[0]
+    assert partial["n_seeds"] == 3 and partial["diff"] == pytest.approx(1.0)
+    # rows in any order: pairing is by seed, not by position
+    shuffled = made_up_runs({"magnitude": [1.0, 1.2, 0.8, 1.1, 0.9]}).sample(frac=1.0, random_state=0)
+    assert R.verdicts(shuffled).iloc[0]["low"] == pytest.approx(0.8037, abs=1e-3)
+    one = R.verdicts(made_up_runs({"magnitude": [5.0]})).iloc[0]
+    assert one["verdict"] == stats.INCONCLUSIVE and one["n_seeds"] == 1
+    # no random arm: no control rows
+    assert list(R.verdicts(made_up_runs({"magnitude": [1.0, 2.0]}))["comparison"]) == ["lw-dna (magnitude) - baseline"]
+
+
+def test_damaged_cached_runs_are_recomputed(monkeypatch, tmp_path):
+    """A truncated result (baseline, shrunk or trained LW-DNA) or training checkpoint is named in a
+    CacheWarning, set aside and recomputed to the same numbers."""
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    data = TensorData(tiny_data(n=48))
+    cfg = R.Config(depth=8, width_mult=2.0, ratio=0.3, score=["magnitude"], seeds=1, epochs=1, batch_size=16,
+                   lr=0.05, schedule="cosine", device="cpu", progress=False)
+    first = R.experiment(cfg, data).runs
+    files = sorted((tmp_path / "hetero").glob("*.pt"))
+    assert [f.name.split("-")[0] for f in files] == ["baseline", "lwdna", "shrunk"]
+    for f in files:
+        f.write_bytes(f.read_bytes()[:100])
+    ckpt = files[0].with_name(files[0].stem + ".ckpt.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files[0].unlink()
+        ckpt.write_bytes(b"not a checkpoint")               # the baseline's training checkpoint, damaged
+        again = R.experiment(cfg, data).runs
+    named = " ".join(str(w.message) for w in caught if issubclass(w.category, CacheWarning))
+    for f in [ckpt, *files[1:]]:
+        assert f.name in named
+        assert f.with_name(f.name + ".damaged").exists()
+    cols = ["network", "score", "seed", "val_acc", "flops", "flops_hh", "flops_dhp", "params"]
+    assert again[cols].equals(first[cols])
+
+
 def test_torchrun_two_processes_build_the_same_lwdna_as_one(tmp_path, monkeypatch):
     """The command line under torchrun (2 CPU processes, gloo) finds the same channel configuration as one process."""
     smoke = ROOT / "params" / "heterogeneity.smoke.yaml"
     one_param = tmp_path / "one.yaml"
-    one_param.write_text(smoke.read_text().replace("score: [magnitude, gradient, random]", "score: [magnitude]"))
+    one_param.write_text(smoke.read_text().replace("score: [magnitude, gradient, random]", "score: [magnitude]")
+                         .replace("seeds: 2", "seeds: 1"))
     env = {**os.environ, "NETANATOMY_CACHE": str(tmp_path / "ddp"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                            "-m", "netanatomy", "run", "heterogeneity", "-f", str(one_param)], env=env,
                           capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "magnitude" in done.stdout and "hypothesis" in done.stdout
+    assert "magnitude" in done.stdout and "verdict" in done.stdout
     monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "single"))
     assert cli.main(["run", "heterogeneity", "-f", str(one_param)]) == 0
     for kind in ("baseline-*.pt", "lwdna-magnitude-*.pt"):

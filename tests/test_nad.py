@@ -2,14 +2,17 @@
 the notebooks' configurations and the cached, resumable search."""
 
 import types
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 from torchvision import transforms as T
 
 from helpers.nad import SIZE, G, K, Planted, Tiny, planted_images, planted_tensors, search_config, true_paths
-from netanatomy import cache
+from netanatomy import cache, models, params
 from netanatomy.data import ArrayDataset
 from netanatomy.errors import ParamError
 from netanatomy.hooks import channel_gates
@@ -177,40 +180,107 @@ def test_find_paths_resumes_an_interrupted_search_then_loads_it(tmp_path, monkey
     assert first.history.equals(full.history) and first.meta["epochs_done"] == 3
 
 
+SHARED = dict(dataset="concept_world", scale="smoke", beta=0.1, lr=0.5, epochs=2, path_epoch=None, batch_size=8,
+              images_per_class=16, classes=None, seed=0, device="cpu", progress=False, data_root=None, amp=False)
+HIT = dict(SHARED, beta=None, models=["small_vgg", "small_resnet"], weights={}, n_mosaics=4, mask_rate=0.1,
+           cam_mask_rate=0.05, cam_class=0, legacy=False, search_seeds=1, n_random=2, mosaic_input="resized")
+SUB = dict(SHARED, model="small_vgg", weights=None, top_k=3, n_random=2, search_seeds=1)
+FIND = dict(SHARED, model="small_vgg", weights=None, sweep_betas=[0.1], sweep_classes=[0])
+
+
 def test_notebook_configs_check_their_parameters():
-    shared = dict(dataset="concept_world", scale="smoke", beta=0.1, lr=0.5, epochs=2, path_epoch=None, batch_size=8,
-                  images_per_class=16, classes=None, seed=0, device="cpu", progress=False, data_root=None)
-    find = run.FindPathConfig.from_params(dict(shared, model="small_vgg", weights=None, sweep_betas=[0.1],
-                                               sweep_classes=[0]))
-    sub = run.SubArchConfig.from_params(dict(shared, model="small_vgg", weights=None, top_k=3, n_random=2))
+    find = run.FindPathConfig.from_params(FIND)
+    sub = run.SubArchConfig.from_params(SUB)
     assert find.path_epoch == 2 and find.search_fields() == sub.search_fields()   # nad_subarch reuses the paths
     assert "sweep_betas" not in find.search_fields() and "scale" not in find.search_fields()
-    hit = run.HitRateConfig.from_params(dict(shared, beta=None, models=["small_vgg", "small_resnet"], weights={},
-                                             n_mosaics=4, mask_rate=0.1, cam_mask_rate=0.05, cam_class=0, legacy=False))
+    assert find.search_fields()["amp"] is False and method.SearchConfig().amp is False   # fp32 unless asked
+    hit = run.HitRateConfig.from_params(HIT)
     assert hit.search_for("small_resnet").beta == run.BUILTIN_BETA["small_resnet"]
+    assert hit.search_for("small_vgg").replace(seed=0).search_fields() == find.search_fields()  # shared search
     assert run.beta_for("vgg16", "imagenet", None) == 4.5 and run.beta_for("vgg16", "imagenet", 1.0) == 1.0
-    with pytest.raises(ParamError, match="n_mosaic"):
-        run.FindPathConfig.from_params(dict(shared, n_mosaics=3))
-    with pytest.raises(ParamError, match="weights"):
-        hit.replace(weights={"vgg16": "w.pth"})
-    with pytest.raises(ParamError, match="mask_rate"):
-        hit.replace(mask_rate=0.0)
+    assert run.beta_for("darts", "imagenet", None) == 0.45 and run.beta_for("darts", "places365", None) == 0.20
     with pytest.raises(ParamError, match="beta"):
         run.beta_for("alexnet", "imagenet", None)
 
 
-def test_mosaic_tiles_at_exact_offsets():
+@pytest.mark.parametrize("config, given, param", [
+    ("FindPathConfig", dict(FIND, n_mosaics=3), "n_mosaics"),              # not a parameter of nad_findpath
+    ("FindPathConfig", dict(FIND, lr="0.1"), "lr"),                        # non-numeric
+    ("FindPathConfig", dict(FIND, lr=0), "lr"),
+    ("FindPathConfig", dict(FIND, sweep_betas=["a"]), "sweep_betas"),
+    ("FindPathConfig", dict(FIND, sweep_classes=[-1]), "sweep_classes"),
+    ("FindPathConfig", dict(FIND, amp="yes"), "amp"),
+    ("SubArchConfig", dict(SUB, top_k=0), "top_k"),
+    ("SubArchConfig", dict(SUB, n_random=0), "n_random"),
+    ("SubArchConfig", dict(SUB, n_random=-3), "n_random"),
+    ("SubArchConfig", dict(SUB, search_seeds=0), "search_seeds"),
+    ("HitRateConfig", dict(HIT, cam_mask_rate=0), "cam_mask_rate"),
+    ("HitRateConfig", dict(HIT, cam_mask_rate=1.5), "cam_mask_rate"),
+    ("HitRateConfig", dict(HIT, mask_rate=0.0), "mask_rate"),
+    ("HitRateConfig", dict(HIT, cam_class=-1), "cam_class"),
+    ("HitRateConfig", dict(HIT, n_mosaics=1), "n_mosaics"),
+    ("HitRateConfig", dict(HIT, n_random=0), "n_random"),
+    ("HitRateConfig", dict(HIT, mosaic_input="448"), "mosaic_input"),
+    ("HitRateConfig", dict(HIT, weights={"vgg16": "w.pth"}), "weights"),
+    ("HitRateConfig", dict(HIT, dataset="imagenet2"), "dataset"),
+])
+def test_bad_values_stop_before_any_work_naming_the_parameter(config, given, param):
+    with pytest.raises(ParamError, match=f"parameter '{param}'"):
+        getattr(run, config).from_params(given)
+
+
+@pytest.mark.parametrize("config, given, param", [
+    ("SubArchConfig", dict(SUB, top_k=10), "top_k"),                       # 10 classes: at most 8
+    ("SubArchConfig", dict(SUB, top_k=9), "top_k"),                        # every other class: trivial 100 %
+    ("SubArchConfig", dict(SUB, classes=[0, 1, 2], top_k=2), "top_k"),
+    ("SubArchConfig", dict(SUB, classes=[0, 1]), "classes"),
+    ("HitRateConfig", dict(HIT, cam_class=10), "cam_class"),
+    ("HitRateConfig", dict(HIT, classes=[1, 2, 3, 4], cam_class=0), "cam_class"),
+    ("HitRateConfig", dict(HIT, classes=[1, 2, 3]), "classes"),
+    ("FindPathConfig", dict(FIND, sweep_classes=[0, 12]), "sweep_classes"),
+    ("FindPathConfig", dict(FIND, classes=[10]), "classes"),
+])
+def test_parameters_checked_against_the_data_before_any_search(config, given, param, monkeypatch):
+    """Checks that need the class count run in `subject_for`, before the main search (and the sweep)."""
+    fake = types.SimpleNamespace(classes=[str(c) for c in range(10)])
+    monkeypatch.setattr(run, "load_subject", lambda *a, **kw: fake)
+    monkeypatch.setattr(run, "find_paths", lambda *a, **kw: pytest.fail("searched before the check"))
+    cfg = getattr(run, config).from_params(given)
+    with pytest.raises(ParamError, match=f"parameter '{param}'"):
+        run.subjects_and_paths(cfg) if config == "HitRateConfig" else run.subject_for(cfg, cfg.model)
+    assert run.SubArchConfig.from_params(dict(SUB, top_k=8)).check_data(10) is None   # the largest valid top_k
+
+
+def test_real_data_without_weights_is_refused_before_reading_anything(tmp_path):
+    find = run.FindPathConfig.from_params(dict(FIND, dataset="imagenet", data_root=str(tmp_path / "absent"),
+                                               model="vgg16"))
+    with pytest.raises(ParamError, match="parameter 'weights'.*random network"):
+        run.subject_for(find, find.model)
+    hit = run.HitRateConfig.from_params(dict(HIT, dataset="places365", data_root=str(tmp_path), models=["resnet50"]))
+    with pytest.raises(ParamError, match="parameter 'weights'"):
+        run.subjects_and_paths(hit)
+
+
+def test_mosaic_tiles_at_exact_offsets_then_resized_to_the_tile_size():
     n = 3
     y = torch.arange(6).repeat_interleave(n)
-    x = torch.arange(len(y), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 5, 5).clone()
-    mos = method.make_mosaics(run.Images.of_tensors(x, y), n=7, tile=5, seed=3)
-    assert mos.images.shape == (7, 3, 10, 10)
+    x = torch.arange(len(y), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 6, 6).clone()
+    full = method.make_mosaics(run.Images.of_tensors(x, y), n=7, tile=6, seed=3, resize=False)
+    assert full.images.shape == (7, 3, 12, 12)
     for m in range(7):
-        assert len(set(mos.classes[m].tolist())) == 4
-        for q, (r0, c0) in enumerate([(0, 0), (0, 5), (5, 0), (5, 5)]):
-            i = mos.indices[m, q]
-            assert int(y[i]) == mos.classes[m, q]
-            assert torch.all(mos.images[m, :, r0:r0 + 5, c0:c0 + 5] == float(i))
+        assert len(set(full.classes[m].tolist())) == 4
+        for q, (r0, c0) in enumerate([(0, 0), (0, 6), (6, 0), (6, 6)]):
+            i = full.indices[m, q]
+            assert int(y[i]) == full.classes[m, q]
+            assert torch.all(full.images[m, :, r0:r0 + 6, c0:c0 + 6] == float(i))
+    paper = method.make_mosaics(run.Images.of_tensors(x, y), n=7, tile=6, seed=3)
+    assert paper.images.shape == (7, 3, 6, 6)                   # upstream: the 2T mosaic resized to T x T
+    assert np.array_equal(paper.classes, full.classes) and np.array_equal(paper.indices, full.indices)
+    # a constant tile stays constant inside its quadrant (2 x 2 average of one value), away from the seams
+    for m in range(7):
+        for q, (r0, c0) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
+            torch.testing.assert_close(paper.images[m, :, r0:r0 + 2, c0:c0 + 2],
+                                       torch.full((3, 2, 2), float(full.indices[m, q])))
 
 
 def test_quadrant_shares_and_top_selection():
@@ -229,21 +299,50 @@ def test_quadrant_shares_and_top_selection():
     # exact selection picks precisely the k largest of distinct values
     top = cams[0].flatten().topk(k).indices
     assert torch.equal(sel[0].flatten().nonzero().flatten().sort().values, top.sort().values)
-    # legacy: uint8 quantisation and the strict '>' rule
+
+
+def test_legacy_selection_counts_k_on_the_map_it_thresholds():
+    """Upstream keeps the pixels strictly above the k-th largest of the map it thresholds, k = int(0.1 H W):
+    on a 2T x 2T map about 10 % (not the 2.4 % of a k counted on one T x T tile)."""
     ramp = torch.linspace(0, 1, 100).view(1, 10, 10)
-    legacy = method.legacy_select(ramp, (10, 10), 0.1, 100)
-    assert int(legacy.sum()) == 9                          # strictly above the 10th largest value
+    assert int(method.legacy_select(ramp, (10, 10), 0.1).sum()) == 9        # strictly above the 10th largest
+    big = torch.arange(48 * 48, dtype=torch.float32).view(1, 48, 48) / (48 * 48 - 1)
+    kept = method.legacy_select(big, (48, 48), 0.1)                          # uint8 levels: ties of 9 pixels
+    levels = torch.from_numpy(np.uint8(big.numpy() * 255).astype(np.int64))
+    k = int(0.1 * 48 * 48)
+    thr = levels.flatten().sort(descending=True).values[k - 1]
+    assert torch.equal(kept.bool(), levels > thr)                            # brute force oracle
+    assert 0.09 < float(kept.mean()) <= 0.1
 
 
-def test_hit_rates_planted_paths_hit_their_quadrant():
-    model, images, res = Planted(), planted_images(n=4), true_paths()
-    mos = method.make_mosaics(images, n=6, tile=SIZE, seed=0)
-    label = dict(model="planted", paths="learned")
-    hits = run.hit_summary(method.hit_rates(model, res, mos, progress=False).assign(**label))
-    assert np.allclose(hits["mean"], 1.0) and (hits["n_mosaics"] == 6).all()
-    control = method.hit_rates(model, run.random_paths(res, seed=1), mos, progress=False)
-    control = run.hit_summary(control.assign(**label))
-    assert (control["mean"] < 0.9).all()
+class Spy(Planted):
+    """The planted net, recording the input sizes it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = set()
+
+    def forward(self, x):
+        self.sizes.add(tuple(x.shape[-2:]))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("resize", [True, False])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_planted_quadrant_hits_one_at_both_mosaic_sizes(resize, legacy):
+    """The planted net's class-c path lights exactly the class-c quadrant: hit 1 when the 2T mosaic is resized
+    to T (upstream, the model sees T x T) and when it is fed at 2T; random paths of the same size miss."""
+    model, images, res = Spy(), planted_images(n=4), true_paths()
+    mos = method.make_mosaics(images, n=6, tile=2 * SIZE, seed=0, resize=resize)
+    hits = method.hit_rates(model, res, mos, legacy=legacy, progress=False)
+    assert model.sizes == {(2 * SIZE, 2 * SIZE) if resize else (4 * SIZE, 4 * SIZE)}
+    assert np.allclose(hits["hit"], 1.0) and hits["mosaic"].nunique() == 6
+    side = mos.images.shape[-1]
+    sel = method.mosaic_selection(model, res, mos.images[:2], torch.tensor([0, 1]), 0.1, legacy)
+    for v in sel.values():                                  # about 10 % of the map the model saw
+        assert v.shape == (2, side, side) and 0.06 * side * side <= float(v[0].sum()) <= round(0.1 * side * side)
+    control = method.hit_rates(model, run.random_paths(res, seed=1), mos, legacy=legacy, progress=False)
+    assert control.groupby("layer")["hit"].mean().max() < 0.9
 
 
 def test_iou_matrix_properties():
@@ -272,3 +371,128 @@ def test_bad_parameters_raise_param_error():
         method.SearchConfig(epochs=3, path_epoch=5)
     with pytest.raises(ParamError, match="classes"):
         method.search(Tiny(), planted_images(), ["b1"], search_config(classes=[9]), SIZE)
+
+
+def test_damaged_search_result_is_set_aside_and_searched_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    S, layers = _rgb_subject(), ["b1", "b2"]
+    c = search_config(epochs=2, batch_size=4)
+    first = run.find_paths(S, c, layers)
+    path = run.paths_entry(S, c, layers)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])                       # truncated, as by a full disk or a kill
+    with pytest.warns(cache.CacheWarning, match=path.name):
+        again = run.find_paths(S, c, layers)
+    assert path.with_name(path.name + ".damaged").exists() and path.stat().st_size == len(data)
+    for name in layers:
+        assert torch.equal(again.logits[name], first.logits[name])
+    ckpt = cache.checkpoint_of(path)                              # a damaged checkpoint: the search starts over
+    method.search(S.model, run.Images.of_dataset(S.train_ds, S.data.mean_std), layers, c, SIZE, S.classes,
+                  checkpoint=ckpt, stop_after_epoch=1)
+    ckpt.path.write_bytes(ckpt.path.read_bytes()[:50])
+    path.unlink()
+    with pytest.warns(cache.CacheWarning, match=ckpt.path.name):
+        resumed = run.find_paths(S, c, layers)
+    assert torch.equal(resumed.logits["b2"], first.logits["b2"]) and resumed.history.equals(first.history)
+
+
+def test_class_generators_are_distinct_for_every_seed_and_class():
+    seeds = {method.class_seed(s, c) for s in range(20) for c in range(100)}
+    assert len(seeds) == 2000 and all(0 <= v < 2 ** 63 for v in seeds)
+    assert method.class_seed(3, 7) == method.class_seed(3, 7)
+
+
+def test_fp32_by_default_and_bf16_only_when_asked():
+    """amp=False (the default) is fp32: two runs are bit-identical; amp=True runs the search under bf16
+    autocast (also on CPU, where it is asked for to measure its effect), so the logits move."""
+    model, images = Tiny(), planted_images()
+    fp32 = [method.search(model, images, ["b1", "b2"], search_config(epochs=2), SIZE) for _ in range(2)]
+    bf16 = method.search(model, images, ["b1", "b2"], search_config(epochs=2, amp=True), SIZE)
+    for name in fp32[0].layers:
+        assert torch.equal(fp32[0].logits[name], fp32[1].logits[name])
+        assert not torch.equal(fp32[0].logits[name], bf16.logits[name])
+        torch.testing.assert_close(bf16.logits[name], fp32[0].logits[name], atol=0.3, rtol=0)
+    assert bf16.meta["config"]["amp"] is True and fp32[0].meta["config"]["amp"] is False
+
+
+def _long_table(learned, random, n_seeds=1, layers=3):
+    """A made-up hit table: per mosaic m, learned hits learned[m] and random hits random[m] at every layer
+    (the same for every search seed and draw, offset by 0.01 * seed)."""
+    rows = []
+    for seed in range(n_seeds):
+        for paths, values in ((run.LEARNED, learned), (run.RANDOM, random)):
+            for li in range(1, layers + 1):
+                rows += [{"model": "m", "paths": paths, "search_seed": seed, "draw": 0, "layer": f"l{li}",
+                          "layer_index": li, "mosaic": m, "hit": v + 0.01 * seed} for m, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_hit_verdicts_follow_the_intervals():
+    rng = np.random.default_rng(0)
+    far = run.hit_verdicts(_long_table(0.8 + 0.05 * rng.standard_normal(50), 0.3 + 0.05 * rng.standard_normal(50)))
+    assert list(far["unit"]) == ["mosaics", "mosaics"] and (far["verdict"] == "held").all()
+    assert (far["n"] == 50).all() and far.iloc[0]["mean"] == pytest.approx(0.8, abs=0.02)
+    below = run.hit_verdicts(_long_table(0.2 + 0.01 * rng.standard_normal(50), 0.5 + 0.01 * rng.standard_normal(50)))
+    assert (below["verdict"] == "did not hold").all()
+    noise = np.array([0.1, -0.1, 0.2, -0.2, 0.05, -0.05, 0.15, -0.15])   # a difference far inside its interval
+    close = run.hit_verdicts(_long_table(0.26 + noise, 0.25 + noise[::-1]))
+    assert (close["verdict"] == "inconclusive").all()
+    seeds = run.hit_verdicts(_long_table(np.full(10, 0.7), np.full(10, 0.2), n_seeds=3))
+    by_seed = seeds[seeds["unit"] == "search seeds"]
+    assert len(by_seed) == 2 and (by_seed["n"] == 3).all()
+    assert by_seed.iloc[0]["mean"] == pytest.approx(0.71) and by_seed.iloc[1]["mean"] == pytest.approx(0.5)
+
+
+def test_upstream_summary_is_the_mean_of_each_of_the_last_three_layers():
+    long = _long_table(np.linspace(0.5, 0.9, 10), np.full(10, 0.2), layers=4)
+    long.loc[long["layer_index"] == 4, "hit"] += 0.1
+    up = run.upstream_summary(long)
+    assert up.loc["m", "upstream test(): layer -1"] == pytest.approx(0.8)
+    assert up.loc["m", "upstream test(): layer -2"] == pytest.approx(0.7)
+    assert up.loc["m", "upstream test(): layer -3"] == pytest.approx(0.7)
+    assert up.loc["m", f"ours: mean of the {run.DEEP_LAYERS} deepest"] == pytest.approx(0.75)
+
+
+def test_confusions_upstream_first_image_and_ours_mean_softmax():
+    probs = np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.9, 0.05, 0.05], [0.1, 0.1, 0.8]])
+    labels = np.array([0, 0, 0, 2])
+    nb = run.confusion_neighbours(probs, labels, [0, 2], k=2)
+    assert nb[0]["first_top"] == [1, 2] and nb[0]["top"] == [0, 1]      # first image vs mean softmax
+    assert nb[0]["mistaken"] == 2            # class 1 is not among the classes compared
+    assert nb[2]["first_top"] == [2, 0]
+
+
+def test_agreement_verdicts_over_classes_and_seeds():
+    """Planted: paths whose most similar class is the class each is mistaken for agree on every class;
+    random paths of the same size only by chance, and the paired interval over classes says so."""
+    K, C = 8, 64
+    logits = -torch.ones(K, C)
+    for c in range(K):                                              # pairs (0,1), (2,3), ...: shared channels
+        logits[c, 8 * (c // 2):8 * (c // 2) + 8] = 1.0
+        logits[c, 32 + 4 * c:32 + 4 * c + 4] = 1.0
+    res = [method.PathResult(["a"], list(range(K)), [str(c) for c in range(K)], {"a": logits}, {"a": logits}, None,
+                             {"config": {"seed": s}}) for s in range(2)]
+    probs = np.full((K, K), 0.01)
+    for c in range(K):
+        probs[c, c], probs[c, c ^ 1] = 0.6, 0.3
+    nb = run.confusion_neighbours(probs, np.arange(K), list(range(K)), k=1)
+    table = run.agreement_table(res, nb, k=1, n_random=10)
+    top = table[table["score"] == "mistaken_in_topk"].set_index("unit")
+    assert top.loc["classes", "learned paths"] == 1.0 and top.loc["classes", "random paths"] < 0.5
+    assert top.loc["classes", "verdict"] == "held" and top.loc["classes", "n"] == K
+    assert top.loc["search seeds", "n"] == 2
+
+
+@pytest.mark.parametrize("param_file", sorted((Path(__file__).resolve().parents[1] / "params").glob("nad_*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_nad_parameter_set_passes_its_checks(param_file):
+    """The real-data sets (VGG16, ResNet50, DenseNet121, DARTS on ImageNet and Places365) and the built-in ones
+    build their notebook's config; the real-data sets use upstream's beta for their network."""
+    notebook = param_file.name.split(".")[0]
+    given = yaml.safe_load(param_file.read_text())
+    config = {"nad_findpath": run.FindPathConfig, "nad_hitrate": run.HitRateConfig, "nad_subarch": run.SubArchConfig}
+    cfg = config[notebook].from_params(params.with_defaults(notebook, given))
+    if cfg.dataset != "concept_world":
+        for model in getattr(cfg, "models", [getattr(cfg, "model", None)]):
+            assert run.beta_for(model, cfg.dataset, given["beta"]) == method.UPSTREAM_BETA[(cfg.dataset, model)]
+            assert model in models.PRESETS and cfg.lr == method.UPSTREAM_LR and cfg.path_epoch == 20

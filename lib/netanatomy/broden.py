@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .cache import cached_folder
@@ -549,8 +549,9 @@ class BrodenDataset(torch.utils.data.Dataset):
         path = self.image_path(i)
         if not path.is_file():
             raise DataError(path, f"image of row {self.rows[i].row} of index.csv not found")
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        what = f"image of row {self.rows[i].row} of index.csv"
+        with _open_image(path, what) as im:
+            return _decoded(path, lambda: np.asarray(im.convert("RGB")), what)
 
     def load_segmentation(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(seg int64 (L, sh, sw) of compact label indices, scalars int64 (S,) of compact label indices)."""
@@ -561,11 +562,13 @@ class BrodenDataset(torch.utils.data.Dataset):
                 path = self.root / "images" / item
                 if not path.is_file():
                     raise DataError(path, f"segmentation of row {r.row} of index.csv (category {cat!r}) not found")
-                with Image.open(path) as im:
+                what = f"segmentation of row {r.row} of index.csv (category {cat!r})"
+                with _open_image(path, what) as im:
                     if im.size != (r.sw, r.sh):
                         raise DataError(path, f"(row {r.row} of index.csv) is {im.size[0]}x{im.size[1]}, "
                                               f"index.csv says sw x sh = {r.sw}x{r.sh}")
-                    numbers = decode_labels(np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im))
+                    numbers = _decoded(path, lambda: decode_labels(
+                        np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)), what)
                 self._check_known(numbers, path, r.row)
                 layers.append(self.label_index(numbers))
         seg = np.stack(layers) if layers else np.zeros((0, r.sh, r.sw), np.int64)
@@ -582,6 +585,29 @@ class BrodenDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"BrodenDataset(root={str(self.root)!r}, images={len(self)}, labels={self.num_labels}, "
                 f"categories={self.category_names})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+
+
+def _open_image(path: Path, what: str):
+    """``Image.open(path)``, or a DataError naming the file when it is not an image at all."""
+    try:
+        return Image.open(path)
+    except (OSError, ValueError, SyntaxError) as exc:
+        reason = "not an image file" if isinstance(exc, UnidentifiedImageError) else _first_line(exc)
+        raise DataError(path, f"{what} cannot be read as an image ({reason})", expected="a PNG or JPEG file") from None
+
+
+def _decoded(path: Path, decode, what: str):
+    """`decode()` of an opened image, or a DataError naming the file when it is truncated or damaged."""
+    try:
+        return decode()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(path, f"{what} is truncated or damaged ({_first_line(exc)})",
+                        expected="a complete PNG or JPEG file") from None
 
 
 def stack_images(images: Sequence[np.ndarray]) -> torch.Tensor | list[torch.Tensor]:

@@ -1,8 +1,9 @@
 """Model builders, checkpoint loading and named layer presets.
 
 `build(name, num_classes)` covers torchvision `vgg16`, `resnet18`, `resnet50`, `densenet121`,
-`alexnet`; the CIFAR ResNets `resnet20/32/44/56` in the common (akamaster) layout whose published
-checkpoints load unchanged; and the small concept-world nets `small_vgg` and `small_resnet`.
+`alexnet`; the ImageNet DARTS network `darts` (`netanatomy.darts`); the CIFAR ResNets
+`resnet20/32/44/56` in the common (akamaster) layout whose published checkpoints load unchanged;
+and the small concept-world nets `small_vgg` and `small_resnet`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .darts import NetworkImageNet
 from .errors import DataError, ParamError
 from .hooks import get_module
 from .runtime import resolve_path
@@ -155,13 +157,16 @@ class SmallResNet(nn.Module):
 _TORCHVISION = ("vgg16", "resnet18", "resnet50", "densenet121", "alexnet")
 _CIFAR = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56}
 _SMALL = {"small_vgg": SmallVGG, "small_resnet": SmallResNet}
-MODEL_NAMES = tuple(_SMALL) + tuple(_CIFAR) + _TORCHVISION
+MODEL_NAMES = tuple(_SMALL) + tuple(_CIFAR) + _TORCHVISION + ("darts",)
 
-# Named layer lists per architecture. "nad": the gated layers of NAD; "dissect": layers probed by
-# Network Dissection by default; "last": the last convolutional stage (DKA's dissection target).
+# Named layer lists per architecture. "nad": the gated layers of NAD, where upstream's Mask modules sit
+# (hujiecpp/NAD models/imagenet/*.py); "dissect": layers probed by Network Dissection by default;
+# "last": the last convolutional stage (DKA's dissection target).
 PRESETS: dict[str, dict[str, list[str]]] = {
+    # NAD (upstream cfg 'D'): a stage's last conv is gated after its max-pool; conv5_3 after pool5 and
+    # the 7x7 average pool (features.4, .9, .16, .23 and avgpool are the pooled outputs)
     "vgg16": {
-        "nad": [f"features.{i}" for i in (1, 3, 6, 8, 11, 13, 15, 18, 20, 22, 25, 27, 29)],
+        "nad": [f"features.{i}" for i in (1, 4, 6, 9, 11, 13, 16, 18, 20, 23, 25, 27)] + ["avgpool"],
         "dissect": ["features.29"], "last": ["features.29"],
     },
     "resnet18": {"nad": ["maxpool"] + [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1)],
@@ -170,9 +175,10 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "nad": ["maxpool"] + [f"layer{s}.{b}" for s, n in ((1, 3), (2, 4), (3, 6), (4, 3)) for b in range(n)],
         "dissect": ["layer3", "layer4"], "last": ["layer4"],
     },
+    # NAD: the last gate after norm5 + ReLU (`build` adds that ReLU as features.relu5, as upstream has it)
     "densenet121": {
         "nad": ["features.pool0", "features.denseblock1", "features.transition1", "features.denseblock2",
-                "features.transition2", "features.denseblock3", "features.transition3", "features.norm5"],
+                "features.transition2", "features.denseblock3", "features.transition3", "features.relu5"],
         "dissect": ["features.norm5"], "last": ["features.norm5"],
     },
     "alexnet": {"nad": [f"features.{i}" for i in (1, 4, 7, 9, 11)], "dissect": ["features.11"],
@@ -181,6 +187,9 @@ PRESETS: dict[str, dict[str, list[str]]] = {
                   "dissect": ["features.conv4", "features.conv6"], "last": ["features.conv6"]},
     "small_resnet": {"nad": ["stem", "layer1", "layer2", "layer3"], "dissect": ["layer2", "layer3"],
                      "last": ["layer3"]},
+    # NAD: stem0, stem1 and every cell's concatenated output (upstream mask0, mask1, cells[i].mask)
+    "darts": {"nad": ["stem0", "stem1"] + [f"cells.{i}" for i in range(14)], "dissect": ["cells.13"],
+              "last": ["cells.13"]},
 }
 for _name, _depth in _CIFAR.items():
     _n = (_depth - 2) // 6
@@ -201,10 +210,16 @@ def build(name: str, num_classes: int, width_mult: float = 1.0, weights: str | P
         model = _SMALL[name](num_classes=num_classes, width_mult=width_mult, **kwargs)
     elif name in _CIFAR:
         model = CifarResNet(_CIFAR[name], num_classes=num_classes, width_mult=width_mult, **kwargs)
+    elif width_mult != 1.0:
+        raise ParamError("width_mult", f"{name} has a fixed width; width_mult must be 1")
+    elif name == "darts":
+        model = NetworkImageNet(num_classes=num_classes, **kwargs)
     else:
-        if width_mult != 1.0:
-            raise ParamError("width_mult", f"torchvision {name} has a fixed width; width_mult must be 1")
         model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kwargs)
+        if name == "densenet121":
+            # torchvision applies the final ReLU in forward(); as a module it can be hooked (a second ReLU
+            # there changes nothing; not in place, so what a hook read at norm5 stays unrectified)
+            model.features.add_module("relu5", nn.ReLU(inplace=False))
     if weights is not None:
         load_weights(model, weights)
     return model

@@ -171,9 +171,11 @@ def atomic_savez(path: str | Path, **arrays) -> Path:
     return _atomic(path, write)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA when `enabled`; a no-op context on CPU (where it does not help)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
+    """bf16 autocast on CUDA when `enabled`; a no-op context on CPU (where it does not help) unless
+    `cpu` (for a computation whose user asked for bf16 explicitly, e.g. to measure what it changes)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=enabled and (device.type == "cuda" or cpu))
 
 
 def resolve_path(path: str | Path | None) -> Path | None:

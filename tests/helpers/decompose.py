@@ -11,6 +11,12 @@
 - `akamaster_like_checkpoint(path)`: a random ResNet-20 saved as the akamaster files are.
 - `cifar10_batches_folder(root, train_per_batch, test)` and `cifar10_npz(path, count)`: tiny
   CIFAR-10 files in the two layouts the notebook reads, with labels i % 10.
+- `tiny_imagefolder(root, classes, filled, train, val)`: an ImageFolder tree train/<class>/, val/<class>/
+  with `classes` class folders (n00000, n00001, ...: sorted order = class index) of which only the
+  first `filled` hold images (`train` and `val` random 48 px PNGs each); so the data set has
+  `classes` classes, `filled * train` training and `filled * val` validation images.
+- `random_checkpoint(name, classes, path)`: a randomly initialised `models.build(name, classes)` saved
+  as a plain state dict (as torchvision's files are).
 - `SHARED` paths and `needs(*paths)`: the real files in ../shared/data (tests skip without them).
 """
 
@@ -32,6 +38,7 @@ CIFAR_NPZ = SHARED / "cifar10" / "cifar10_test_first1000.npz"
 PUBLISHED = SHARED / "decomposition" / "resnet20_cifar-10_indices.json"
 PUBLISHED_CSG = SHARED / "decomposition" / "resnet20_cifar-10_csg_indices.json"
 CSG_CKPT = SHARED / "decomposition" / "best_save_CSG.pth"
+RESNET50_INDICES = SHARED / "decomposition" / "resnet50_imagenet_indices.json"
 
 
 def needs(*paths: Path) -> None:
@@ -108,4 +115,26 @@ def cifar10_npz(path: Path, count: int = 40, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     np.savez(path, images=rng.integers(0, 256, (count, 3, 32, 32), dtype=np.uint8), labels=np.arange(count) % 10,
              classes=np.array([f"c{i}" for i in range(10)]))
+    return path
+
+
+def tiny_imagefolder(root: Path, classes: int = 1000, filled: int = 4, train: int = 2, val: int = 1,
+                     seed: int = 0) -> Path:
+    """root/train/<class>/*.png and root/val/<class>/*.png: `classes` class folders, images in the first `filled`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = Path(root) / split / f"n{c:05d}"
+            folder.mkdir(parents=True)
+            for i in range(count if c < filled else 0):
+                Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return Path(root)
+
+
+def random_checkpoint(name: str, classes: int, path: Path, seed: int = 0) -> Path:
+    """A randomly initialised models.build(name, classes), saved as a plain state dict."""
+    torch.manual_seed(seed)
+    torch.save(models.build(name, classes).state_dict(), path)
     return path

@@ -8,10 +8,17 @@
   net learns it to >= 90 % validation accuracy in four epochs.
 - `PlantedData(n_train, n_val)`: the splits of `Planted` shaped like `netanatomy.subject.Data`
   (`train_aug`, `val`, `classes`, `key()`), for `dka.run.train_model`.
+- `seed_rows(dense, dka, measure)`: a per-seed table in the layout of `dka.run.seed_table` for
+  planted values, and `T975` the Student t quantiles of a two-sided 95 % interval (scipy-free, from
+  the t table), so `paired_interval_by_hand(a, b)` is an independent oracle of the paired interval:
+  mean(a - b) +- T975[n - 1] * sd(a - b, ddof 1) / sqrt(n).
 """
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import torch
 
 
@@ -61,3 +68,27 @@ class PlantedData:
 
     def key(self) -> dict:
         return {"dataset": "planted", "sizes": list(self.sizes)}
+
+
+#: Two-sided 95 % Student t quantiles t(0.975, df) from the t table, df = 1..6.
+T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 5: 2.570581836, 6: 2.446911851}
+
+
+def paired_interval_by_hand(a, b) -> tuple[float, float, float]:
+    """(mean, low, high) of the paired differences a - b, computed without numpy or scipy."""
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    half = T975[n - 1] * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def seed_rows(values: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
+    """A `seed_table`-shaped frame: values[measure][arm] lists one value per seed (arm 'dense' or 'DKA')."""
+    seeds = len(next(iter(next(iter(values.values())).values())))
+    rows = []
+    for seed in range(seeds):
+        for arm in ("dense", "DKA"):
+            rows.append({"seed": seed, "model": arm, **{m: v[arm][seed] for m, v in values.items()}})
+    return pd.DataFrame(rows)

@@ -4,13 +4,17 @@ arXiv 2112.07719; upstream akshaybadola/decomposing-the-deep), with its CSG base
 ECCV 2020).
 
 - `method`: the paper's math: influential features from top-k frequency histograms, the decomposed
-  head, finetuning, essentiality under noise, mutual information between index sets, and CSG's gate
-  matrix, loss and training; `PUBLISHED` and `SEED_REFERENCE` hold the reference numbers.
+  head, finetuning, essentiality under noise, mutual information between index sets, and the random
+  controls; `PUBLISHED` and `SEED_REFERENCE` hold the reference numbers with their sources.
+- `csg`: CSG's gate matrix, loss, training and index selection.
+- `files`: index files and CSG checkpoints in upstream's layouts; the up-front path checks.
 - `run`: the notebook's `Config`, its `Setup` (subject, fit / eval / training parts, cached
-  features), index and CSG checkpoint files, and the cached studies behind each table.
+  features), the cached finetuning and CSG baseline.
+- `tables`: the notebook's tables (k sweep, accuracy, essentiality, random controls with verdicts,
+  mutual information, head size), computed from the setup.
 - `figures`: the notebook's plots and the `describe_*` findings prose.
 """
 
-from . import figures, method, run
+from . import csg, figures, files, method, run, tables
 
-__all__ = ["figures", "method", "run"]
+__all__ = ["csg", "figures", "files", "method", "run", "tables"]

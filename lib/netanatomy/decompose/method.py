@@ -1,5 +1,5 @@
-"""The math of Decomposing the Deep (Badola, Roy, Padmanabhan and Lal, arXiv 2112.07719) and of its
-CSG baseline (Liang et al., ECCV 2020), on tensors and modules.
+"""The math of Decomposing the Deep (Badola, Roy, Padmanabhan and Lal, arXiv 2112.07719), on tensors
+and modules (its CSG baseline is in `netanatomy.decompose.csg`).
 
 A classifier is trunk -> global average pool -> features f in R^D -> linear layer (W, b), with
 logits z_c = W[c, :] . f + b_c for the C classes.
@@ -12,7 +12,9 @@ logits z_c = W[c, :] . f + b_c for the C classes.
    lower feature index.
 2. The decomposed head (`DecomposedHead`): z_c = sum_{j in S_c} W[c, j] f_j + b_c, a (C x n) weight
    (C*n weights instead of C*D), row c initialised from W[c, S_c], the bias copied; it returns
-   (B, C). (Upstream's forward gathers class 0's weights for every class and returns (B, 1, C).)
+   (B, C). (The seed, issue 8, describes upstream's forward as gathering class 0's weights for every
+   class and returning (B, 1, C); the ResNet-20 `forward_decomposed` of upstream's modified_resnet.py
+   at commits 2600780 and 3f6c20c gathers W[c, S_c] per class and returns (B, C), as here.)
 3. Finetuning (`finetune`): cross-entropy on the decomposed logits, Adam, through `train.fit`.
 4. Essentiality (`perturb`, `essentiality`): for each image of class y, replace the features in
    S_y (or all the others) by draws from N(0, 1) and classify with the full linear layer; count
@@ -21,11 +23,13 @@ logits z_c = W[c, :] . f + b_c for the C classes.
 5. Mutual information (`mean_mutual_information`): with x_c in {0, 1}^D the indicator of S_c,
    MI(x_a, x_b) = sum_{u, v} p(u, v) log(p(u, v) / (p(u) p(v))) over the D positions (natural log,
    as sklearn's mutual_info_score), averaged over class pairs; `include_self=True` (upstream)
-   averages over all C*C ordered pairs including each class with itself.
-6. CSG: a gate matrix G in [0, 1]^(C x D) on the last layer's D filters (`CSGNet`), trained with
-   L = CE(standard path) + lambda_1 CE(path gated by G[y]) + lambda_2 ||G||_1 (`csg_loss`,
-   `train_csg`); each class's index set is its n largest gates (`csg_indices`; `select="smallest"`
-   is upstream's legacy choice).
+   averages over all C*C ordered pairs including each class with itself. For binary indicators
+   the joint counts follow from the overlaps: n11 = |S_a & S_b|, n10 = |S_a| - n11,
+   n01 = |S_b| - n11, n00 = D - |S_a| - |S_b| + n11, so all C*C pairs come from X X^T at once.
+6. Random controls (ours, `control_draws`): R_r draws, per class, n of the D features uniformly
+   without replacement (`random_indicator`); per draw and image the 0/1 outcomes of the decomposed
+   head with S and with R_r, and of the full head with noise at S_y, at R_r[y] and outside S_y
+   (one noise draw shared by the arms), so the sets and their controls compare paired, image by image.
 
 `PUBLISHED` holds upstream's mutual-information numbers and `SEED_REFERENCE` the project seed's
 accuracies, each with its source.
@@ -35,13 +39,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -50,22 +52,26 @@ from .. import models
 from ..cache import Checkpoint
 from ..errors import DataError, ParamError, require
 from ..runtime import pick_device
-from ..train import TrainConfig, evaluate, fit
+from ..train import TrainConfig, fit
 
 Indices = dict[int, list[int]]
 
 #: Upstream's mutual information between the classes' index sets (k = 5, n = 5, all C*C ordered
-#: pairs incl. self-pairs), ours versus CSG's (its n smallest gates): the values printed in the
-#: comments of akshaybadola/decomposing-the-deep, `mutual_info.py` (commit 3f6c20c), computed there
-#: from `resnet20_cifar-10_indices.json` and `best_save_CSG.pth`.
+#: pairs incl. self-pairs), ours versus CSG's (its n smallest gates): the values in the comments
+#: "# 0.03453775959861226 @ k == 5" and "# 0.03750908408724534 @ k == 5" of
+#: akshaybadola/decomposing-the-deep `mutual_info.py` (commit 3f6c20c), computed there from
+#: `resnet20_cifar-10_indices.json` and `best_save_CSG.pth` (both reproduced exactly by the tests).
 PUBLISHED = {
     "MI ours (k=5)": 0.03453775959861226,
     "MI CSG (k=5)": 0.03750908408724534,
 }
 
 #: The project seed's accuracies (%) for the akamaster ResNet-20 on the *full* CIFAR-10 test set
-#: (10,000 images; normalisation mean (0.491, 0.482, 0.447), std (0.247, 0.243, 0.261)), as the
-#: seed states them (repeated in ../shared/data/README.md, Notes). Strings: two are ranges.
+#: (10,000 images): the seed's targets as ../shared/data/README.md (Notes) quotes them, "91.71 %
+#: original, 88.59 % decomposed, 91.3-91.6 % finetuned" (the seed, issue 8, items 3-4, gives
+#: 91.30-91.40 after one epoch and 91.50-91.60 later, with normalisation mean (0.491, 0.482, 0.447),
+#: std (0.247, 0.243, 0.261)). Not numbers of the paper: its tables could not be checked here.
+#: Strings: two are ranges.
 SEED_REFERENCE = {
     "original": "91.71",
     "decomposed (n=5)": "88.59",
@@ -205,12 +211,6 @@ def check_indices(indices: Mapping, num_classes: int | None = None, num_features
     return {c: out[c] for c in classes}
 
 
-def indices_tensor(indices: Mapping) -> torch.LongTensor:
-    """(C, n) LongTensor of index sets (rows in class order)."""
-    clean = check_indices(indices)
-    return torch.tensor([clean[c] for c in sorted(clean)], dtype=torch.long)
-
-
 def indicator_matrix(indices: Mapping, num_features: int) -> np.ndarray:
     """(C, D) 0/1 matrix: row c marks the features in S_c."""
     clean = check_indices(indices, num_features=num_features, equal_sizes=False)
@@ -248,7 +248,8 @@ class DecomposedHead(nn.Module):
         """Decompose `linear` (C x D): row c keeps W[c, S_c] (in the order of S_c), the bias is copied."""
         C, D = linear.weight.shape
         if isinstance(indices, Mapping):
-            idx = indices_tensor(check_indices(indices, C, D))
+            clean = check_indices(indices, C, D)  # rows in class order 0..C-1
+            idx = torch.tensor([clean[c] for c in range(C)], dtype=torch.long)
         else:
             idx = torch.as_tensor(indices, dtype=torch.long)
         require(idx.shape[0] == C, "indices", f"has {idx.shape[0]} classes, the linear layer {C}")
@@ -293,11 +294,25 @@ def masked_weight(weight: torch.Tensor, indices: Mapping) -> torch.Tensor:
     return weight * mask
 
 
+def head_logits(features: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """Logits of a head (linear or decomposed) on precomputed features, on CPU. A decomposed head
+    is applied through its dense equivalent (W masked outside S_c), which needs no (N, C, n) gather."""
+    f = features.float().cpu()
+    with torch.no_grad():
+        if isinstance(head, DecomposedHead):
+            z = f @ head.dense_weight().detach().float().cpu().T
+            return z + head.bias.detach().float().cpu() if head.bias is not None else z
+        return head.float().cpu()(f)
+
+
+def correct(feats: Features, head: nn.Module) -> torch.Tensor:
+    """(N,) bool: each image classified correctly by `head` on its precomputed features."""
+    return head_logits(feats.features, head).argmax(1) == feats.labels
+
+
 def head_accuracy(feats: Features, head: nn.Module) -> float:
     """Top-1 accuracy of a head (linear or decomposed) applied to precomputed features."""
-    with torch.no_grad():
-        z = head.float().cpu()(feats.features)
-    return (z.argmax(1) == feats.labels).float().mean().item()
+    return correct(feats, head).float().mean().item()
 
 
 # ============================================================================ finetuning
@@ -307,18 +322,15 @@ def finetune(model: nn.Module, indices: Mapping, train_ds: Dataset, val_ds: Data
              weight_decay: float = 0.0) -> tuple[nn.Module, pd.DataFrame]:
     """Finetune the decomposed model (cross-entropy on the decomposed logits, Adam) through `train.fit`.
 
-    Returns (finetuned decomposed model, history) where history has an epoch-0 row (before
-    finetuning) and one row per epoch with `val_acc` measured after it. With `checkpoint`, training
-    saves its state each epoch and resumes from it.
+    Returns (finetuned decomposed model, history): one row per epoch with `val_acc` measured after
+    it (empty for 0 epochs). With `checkpoint`, training saves its state each epoch and resumes from it.
     """
     require(isinstance(epochs, int) and epochs >= 0, "finetune_epochs", f"must be an integer >= 0, got {epochs!r}")
     net = decompose(model, indices)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam", weight_decay=weight_decay,
                       schedule="constant", seed=seed, device=device, progress=progress)
-    start = evaluate(net, val_ds, device=device)
     history = fit(net, train_ds, val_ds, cfg, checkpoint=checkpoint) if epochs > 0 else pd.DataFrame()
-    first = pd.DataFrame([{"epoch": 0, "val_acc": start["acc"], "val_loss": start["loss"]}])
-    return net, pd.concat([first, history], ignore_index=True)
+    return net, history
 
 
 # ============================================================================ essentiality
@@ -337,31 +349,46 @@ def perturb(features: torch.Tensor, labels: torch.Tensor, indices: Mapping, wher
     Seeded: the same seed gives the same draws.
     """
     require(where in ("influential", "non_influential"), "where", f"must be influential or non_influential, got {where!r}")
-    require(mode in ("replace", "additive"), "noise", f"must be replace or additive, got {mode!r}")
-    require(scale >= 0, "noise_scale", f"must be >= 0, got {scale}")
     f = features.detach().float().cpu()
     labels = torch.as_tensor(labels).long().cpu()
     mask = torch.as_tensor(indicator_matrix(indices, f.shape[1]), dtype=torch.bool)[labels]  # (N, D): S_y
-    if where == "non_influential":
-        mask = ~mask
-    noise = torch.randn(f.shape, generator=torch.Generator().manual_seed(int(seed)))
+    return add_noise(f, ~mask if where == "non_influential" else mask, normal(f.shape, seed), mode, scale, spread)
+
+
+def normal(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """N(0, 1) draws of `shape` from a generator seeded with `seed` (the essentiality noise)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def add_noise(f: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, mode: str = "replace", scale: float = 1.0,
+              spread: torch.Tensor | None = None) -> torch.Tensor:
+    """`f` (N, D) with `noise` where `mask` is set: the noise itself (replace) or `scale * spread * noise`
+    added (additive); mask and noise may carry a leading batch dimension (B, N, D)."""
+    require(mode in ("replace", "additive"), "noise", f"must be replace or additive, got {mode!r}")
+    require(scale >= 0, "noise_scale", f"must be >= 0, got {scale}")
     if mode == "replace":
         return torch.where(mask, noise, f)
     spread = feature_spread(f) if spread is None else spread.float().cpu()
     return torch.where(mask, f + scale * spread[None, :] * noise, f)
 
 
+def noisy_correct(feats: Features, linear: nn.Linear, indices: Mapping, where: str = "influential",
+                  mode: str = "replace", scale: float = 1.0, seed: int = 0,
+                  spread: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) bool: each image still correct (full linear layer) with noise at `where` (see `perturb`)."""
+    W = linear.weight.detach().float().cpu()
+    check_indices(indices, W.shape[0], W.shape[1])
+    noisy = perturb(feats.features, feats.labels, indices, where, mode, scale, spread, seed)
+    return head_logits(noisy, linear).argmax(1) == feats.labels
+
+
 def essentiality(feats: Features, linear: nn.Linear, indices: Mapping, where: str = "influential",
                  mode: str = "replace", scale: float = 1.0, seed: int = 0, spread: torch.Tensor | None = None,
                  class_names: list[str] | None = None) -> pd.DataFrame:
     """Per class: images, correct without noise, and correct with noise at `where` (full linear layer)."""
-    W = linear.weight.detach().float().cpu()
-    b = linear.bias.detach().float().cpu() if linear.bias is not None else torch.zeros(W.shape[0])
-    C = W.shape[0]
-    check_indices(indices, C, W.shape[1])
-    noisy = perturb(feats.features, feats.labels, indices, where, mode, scale, spread, seed)
-    clean_ok = ((feats.features.float() @ W.T + b).argmax(1) == feats.labels)
-    noisy_ok = ((noisy @ W.T + b).argmax(1) == feats.labels)
+    C = linear.weight.shape[0]
+    clean_ok = correct(feats, linear)
+    noisy_ok = noisy_correct(feats, linear, indices, where, mode, scale, seed, spread)
     rows = []
     for c in range(C):
         sel = feats.labels == c
@@ -371,29 +398,27 @@ def essentiality(feats: Features, linear: nn.Linear, indices: Mapping, where: st
 
 
 # ============================================================================ mutual information
-def mutual_info(a: np.ndarray, b: np.ndarray) -> float:
-    """Mutual information (nats) of two discrete label vectors, as sklearn.metrics.mutual_info_score."""
-    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-    require(a.shape == b.shape, "indicators", "must have the same length")
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    joint = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(joint, (ai, bi), 1)
-    p = joint / joint.sum()
-    pa, pb = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
-    nz = p > 0
-    return float(max((p[nz] * (np.log(p[nz]) - np.log((pa @ pb)[nz]))).sum(), 0.0))
-
-
 def pairwise_mutual_information(indices: Mapping, num_features: int) -> np.ndarray:
-    """(C, C) mutual information between the classes' binary indicators over the D features."""
-    X = indicator_matrix(indices, num_features)
-    C = X.shape[0]
-    out = np.zeros((C, C))
-    for i in range(C):
-        for j in range(i, C):
-            out[i, j] = out[j, i] = mutual_info(X[i], X[j])
-    return out
+    """(C, C) mutual information (nats) between the classes' binary indicators over the D features,
+    equal to sklearn.metrics.mutual_info_score of each pair of indicator vectors (from the overlaps)."""
+    return indicator_mutual_information(indicator_matrix(indices, num_features))
+
+
+def indicator_mutual_information(X: np.ndarray) -> np.ndarray:
+    """(C, C) pairwise mutual information of the rows of a (C, D) 0/1 indicator matrix (see above)."""
+    X = np.asarray(X, dtype=np.float64)
+    D = float(X.shape[1])
+    both = X @ X.T
+    size = X.sum(1)
+    sa, sb = size[:, None], size[None, :]
+    cells = (((1, 1), both), ((1, 0), sa - both), ((0, 1), sb - both), ((0, 0), D - sa - sb + both))
+    marginal_a, marginal_b = {1: sa / D, 0: 1 - sa / D}, {1: sb / D, 0: 1 - sb / D}
+    out = np.zeros_like(both)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for (u, v), count in cells:
+            p = count / D
+            out += np.where(p > 0, p * np.log(p / (marginal_a[u] * marginal_b[v])), 0.0)
+    return np.maximum(out, 0.0)
 
 
 def mean_mutual_information(indices: Mapping, num_features: int, include_self: bool = True) -> float:
@@ -405,109 +430,77 @@ def mean_mutual_information(indices: Mapping, num_features: int, include_self: b
     return float(M[~np.eye(C, dtype=bool)].mean()) if C > 1 else float("nan")
 
 
-# ============================================================================ CSG baseline
-class CSGNet(nn.Module):
-    """A classifier with a class-specific gate matrix G (C x D) on its last layer's filters (CSG).
-
-    `forward(x)` is the standard path (the wrapped model, ungated), so evaluation is unchanged.
-    The CSG path gates the last layer's D channels by G[y]; because global average pooling is
-    linear per channel, gating the (B, D, H, W) maps equals gating the pooled features, which
-    `gated_logits` does (checked in tests against `hooks.channel_gates` on the last layer).
-
-    G is stored as `gate_param` with G = gate_scale * gate_param: under Adam (scale-invariant
-    steps) G then learns `gate_scale` times faster than the network's weights, which lets a short
-    run from trained weights move the gates (train.fit has one learning rate for all parameters).
-    """
-
-    def __init__(self, model: nn.Module, gates: torch.Tensor | None = None, gate_scale: float = 1.0):
-        super().__init__()
-        self.net = model
-        _, linear = models.head(model)
-        C, D = linear.weight.shape
-        g = torch.ones(C, D) if gates is None else torch.as_tensor(gates, dtype=torch.float32)
-        require(tuple(g.shape) == (C, D), "gates", f"must be (classes, features) = ({C}, {D}), got {tuple(g.shape)}")
-        require(gate_scale > 0, "csg_gate_lr_mult", f"must be positive, got {gate_scale}")
-        self.gate_scale = float(gate_scale)
-        self.gate_param = nn.Parameter((g / self.gate_scale).clone().to(linear.weight.device))
-
-    @property
-    def gates(self) -> torch.Tensor:
-        """The gate matrix G (C x D)."""
-        return self.gate_param * self.gate_scale
-
-    def set_gates(self, gates: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.gate_param.copy_(torch.as_tensor(gates, dtype=torch.float32) / self.gate_scale)
-
-    def clamp_gates(self, low: float = 0.0, high: float = 1.0) -> None:
-        """Project G onto [low, high] (CSG's gate range)."""
-        with torch.no_grad():
-            self.gate_param.clamp_(low / self.gate_scale, high / self.gate_scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def linear(self) -> nn.Linear:
-        return models.head(self.net)[1]
-
-    def gated_logits(self, features: torch.Tensor, gate_rows: torch.Tensor) -> torch.Tensor:
-        """Logits of the CSG path: features gated by the given class rows of G, then the linear head."""
-        return self.linear()(features * self.gates[gate_rows].to(features.dtype))
+# ============================================================================ random controls
+def random_indicator(num_classes: int, num_features: int, n: int, seed: int | tuple[int, ...] = 0) -> np.ndarray:
+    """(C, D) bool: per class, n of the D features drawn uniformly without replacement (seeded; an
+    int or a tuple of ints such as (run seed, draw))."""
+    check_k_n(None, n, num_features)
+    keys = np.random.default_rng(seed).random((num_classes, num_features))
+    picked = np.argpartition(keys, n - 1, axis=1)[:, :n] if n < num_features else np.argsort(keys, axis=1)
+    out = np.zeros((num_classes, num_features), dtype=bool)
+    np.put_along_axis(out, picked, True, axis=1)
+    return out
 
 
-def csg_loss(lambda_1: float = 0.05, lambda_2: float = 0.05, clamp: bool = True):
-    """loss_fn for train.fit: CE(standard path) + lambda_1 CE(CSG path gated by G[y]) + lambda_2 ||G||_1.
-
-    ||G||_1 is the sum of |G| over all C x D entries. With `clamp`, G is projected onto [0, 1]
-    before each step (CSG's gate range).
-    """
-    require(lambda_1 >= 0, "csg_lambda_1", f"must be >= 0, got {lambda_1}")
-    require(lambda_2 >= 0, "csg_lambda_2", f"must be >= 0, got {lambda_2}")
-
-    def loss_fn(net, x, y):
-        csg = net.module if hasattr(net, "module") else net
-        if clamp:
-            csg.clamp_gates()
-        f, logits = models.pooled_features(csg.net, x)
-        gated = csg.gated_logits(f.flatten(1), y)
-        loss = (F.cross_entropy(logits.float(), y) + lambda_1 * F.cross_entropy(gated.float(), y)
-                + lambda_2 * csg.gates.abs().sum())
-        return loss, logits
-    return loss_fn
+def random_index_sets(num_classes: int, num_features: int, n: int, seed: int | tuple[int, ...] = 0) -> Indices:
+    """`random_indicator` as index sets {class: sorted feature indices}."""
+    X = random_indicator(num_classes, num_features, n, seed)
+    return {c: np.flatnonzero(X[c]).tolist() for c in range(num_classes)}
 
 
-def train_csg(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, epochs: int = 2, lr: float = 1e-3,
-              lambda_1: float = 0.05, lambda_2: float = 0.05, batch_size: int = 128, seed: int = 0,
-              device: str = "auto", progress: bool = True, checkpoint: Checkpoint | None = None,
-              optimizer: str = "adam", gate_lr_mult: float = 30.0) -> tuple[CSGNet, pd.DataFrame]:
-    """Train a CSGNet (standard path + gated path + sparsity) from `model`'s weights through `train.fit`.
+@dataclasses.dataclass
+class ControlDraws:
+    """Outcomes of a collection of index sets S and of R random collections of the same size.
 
-    The gates start at 1 and learn `gate_lr_mult` times faster than the weights (exact for Adam;
-    for SGD the gate parametrisation uses its square root, so the step is scaled likewise). With
-    `checkpoint`, training saves its state each epoch and resumes from it.
-    """
-    require(isinstance(epochs, int) and epochs >= 1, "csg_epochs", f"must be an integer >= 1, got {epochs!r}")
-    scale = gate_lr_mult if optimizer in ("adam", "adamw") else math.sqrt(gate_lr_mult)
-    net = CSGNet(copy.deepcopy(model), gate_scale=scale)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=0.0,
-                      schedule="cosine", seed=seed, device=device, progress=progress)
-    history = fit(net, train_ds, val_ds, cfg, checkpoint=checkpoint, loss_fn=csg_loss(lambda_1, lambda_2))
-    net.clamp_gates()
-    return net.eval(), history
+    Per draw r (random sets R_r seeded (seed, r), one noise draw seeded seed * 10000 + r shared by
+    all arms) and per image i, 0/1 correctness (R, N):
+    `decomposed` / `decomposed_random`: the decomposed head with S / with R_r;
+    `noise_sets` / `noise_random` / `noise_others`: the full linear layer with noise at S_y / at
+    R_r[y] / at all features outside S_y. `mi_random`: (C, C) pairwise MI averaged over the draws;
+    `mi_draws`: (R,) each draw's mean MI over distinct class pairs."""
+
+    decomposed: torch.Tensor
+    decomposed_random: torch.Tensor
+    noise_sets: torch.Tensor
+    noise_random: torch.Tensor
+    noise_others: torch.Tensor
+    mi_random: np.ndarray
+    mi_draws: np.ndarray
 
 
-def csg_indices(gates: torch.Tensor | np.ndarray, n: int, select: str = "largest") -> Indices:
-    """Each class's n largest gates (ties: lower index first); `select="smallest"` is upstream's legacy.
+def _hits(f: torch.Tensor, W: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """0/1 correctness of logits f W^T + b; f (N, D) or (B, N, D), W (C, D) or (B, C, D) -> (B, N) or (N,)."""
+    return (torch.matmul(f, W.transpose(-1, -2)) + b).argmax(-1).eq(labels).float()
 
-    The legacy choice reproduces the published CSG index file exactly: numpy's default argsort,
-    first n, i.e. the n *smallest* gates.
-    """
-    G = gates.detach().float().cpu().numpy() if isinstance(gates, torch.Tensor) else np.asarray(gates)
-    check_k_n(None, n, G.shape[1])
-    if select == "largest":
-        order = np.argsort(-G, axis=1, kind="stable")[:, :n]
-    elif select == "smallest":
-        order = np.argsort(G, axis=1)[:, :n]
-    else:
-        raise ParamError("csg_select", f"must be largest or smallest (legacy), got {select!r}")
-    return {c: [int(j) for j in order[c]] for c in range(G.shape[0])}
+
+def control_draws(feats: Features, linear: nn.Linear, indices: Mapping, draws: int, seed: int = 0,
+                  mode: str = "replace", scale: float = 1.0, chunk_floats: int = 2 ** 24) -> ControlDraws:
+    """`ControlDraws` of `indices` against `draws` random collections (see the class for the arms),
+    computed for several draws at once (about `chunk_floats` noise values per chunk)."""
+    W = linear.weight.detach().float().cpu()
+    b = linear.bias.detach().float().cpu() if linear.bias is not None else torch.zeros(W.shape[0])
+    C, D = W.shape
+    sets = torch.as_tensor(indicator_matrix(check_indices(indices, C, D), D), dtype=torch.bool)
+    n = int(sets[0].sum())
+    f, y = feats.features.float().cpu(), feats.labels.long().cpu()
+    spread = feature_spread(f) if mode == "additive" else None
+    at_sets = sets[y]
+    out: dict[str, list] = {k: [] for k in ("decomposed_random", "noise_sets", "noise_random", "noise_others")}
+    mi_sum, mi_draws = np.zeros((C, C)), []
+    off_diagonal = ~np.eye(C, dtype=bool)
+    step = max(1, chunk_floats // f.numel())
+    for start in range(0, draws, step):
+        rs = range(start, min(draws, start + step))
+        X = np.stack([random_indicator(C, D, n, (seed, r)) for r in rs])          # (B, C, D)
+        rand = torch.as_tensor(X)
+        noise = torch.stack([normal(f.shape, seed * 10_000 + r) for r in rs])      # (B, N, D)
+        out["decomposed_random"].append(_hits(f, W * rand, b, y))
+        for key, mask in (("noise_sets", at_sets), ("noise_random", rand[:, y]), ("noise_others", ~at_sets)):
+            out[key].append(_hits(add_noise(f, mask, noise, mode, scale, spread), W, b, y))
+        for x in X:
+            mi = indicator_mutual_information(x)
+            mi_sum += mi
+            mi_draws.append(mi[off_diagonal].mean() if C > 1 else 0.0)
+    own = _hits(f, W * sets, b, y)
+    return ControlDraws(own.expand(draws, -1), **{k: torch.cat(v) for k, v in out.items()},
+                        mi_random=mi_sum / draws, mi_draws=np.asarray(mi_draws))

@@ -1,6 +1,6 @@
 """Network Dissection's figures: detectors by layer and category, IoU distributions, NetDissect's
-concept bar graph, unit galleries (top images with the mask above T_k), the HTML report, and the
-findings prose (`describe`)."""
+concept bar graph, the paper's cross-network figure (`plot_published_figure`), unit galleries (top
+images with the mask above T_k), the HTML report, and the findings prose (`describe`)."""
 
 from __future__ import annotations
 
@@ -24,15 +24,63 @@ from .method import tally_categories
 from .run import LayerDissection, detectors_per_category, safe_name, save_results
 
 
-def plot_detectors(results, iou_threshold: float = 0.04, ax=None):
-    """Bar plot: detectors per category for each layer (interpretability by depth)."""
-    df = detectors_per_category(results, iou_threshold)
+#: The network names printed on the paper's cross-network figure, from NetDissect's
+#: ``plot/getPrintName.m`` (its 'semantics' dictionary), keyed by the .mat's ``networks_name``.
+PRINT_NAMES = {
+    "caffenet_random": "AlexNet-random", "caffe_reference_imagenet": "AlexNet-ImageNet",
+    "caffe_reference_places205": "AlexNet-Places205", "caffe_reference_imagenetplaces205": "AlexNet-Hybrid",
+    "caffe_reference_places205_batchnorm": "AlexNet-Places205-BatchNorm",
+    "caffe_reference_places365": "AlexNet-Places365", "caffe_reference_places365_GAP": "AlexNet-Places365-GAP",
+    "vgg16_imagenet": "VGG-ImageNet", "vgg16_places365": "VGG-Places365", "vgg16_places205": "VGG-Places205",
+    "vgg16_hybrid1365": "VGG-Hybrid", "googlenet_imagenet": "GoogLeNet-ImageNet",
+    "googlenet_places205": "GoogLeNet-Places205", "googlenet_places365": "GoogLeNet-Places365",
+    "resnet-152-torch-places365": "ResNet152-Places365", "resnet-152-torch-imagenet": "ResNet152-ImageNet",
+    "ResNet-50-model_imagenet": "ResNet50-ImageNet", "weakly_deepcontext": "context", "weakly_audio": "audio",
+    "weakly_videoorder": "frameorder", "weakly_videotracking": "tracking", "weakly_egomotion": "egomotion",
+    "weakly_learningbymoving": "moving", "weakly_objectcentric": "objectcentric",
+    "weakly_solvingpuzzle": "puzzle", "weakly_colorization": "colorization", "weakly_splitbrain": "crosschannel",
+}
+#: The figure's stacking order and colours (object at the bottom), as in the published picture.
+FIGURE_CONCEPTS = ("object", "part", "scene", "material", "texture", "color")
+FIGURE_COLORS = ("#352a87", "#0f5cdd", "#1ab0c2", "#78bf84", "#f4b14a", "#f9fb0e")
+
+
+def plot_detectors(results, iou_threshold: float = 0.04, counting: str = "top_label", ax=None):
+    """Bar plot: detectors per category for each layer (interpretability by depth) under `counting`."""
+    df = detectors_per_category(results, iou_threshold, counting=counting)
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.6))
     sns.barplot(data=df, x="category", y="detectors", hue="layer", ax=ax)
-    ax.set_xlabel("concept category (of the unit's best label)")
+    ax.set_xlabel("concept category" + (" (of the unit's top label)" if counting == "top_label"
+                                        else " (the unit's best label within it)"))
     ax.set_ylabel(f"units with IoU >= {iou_threshold:g}")
-    ax.set_title("Detectors per category by layer")
+    ax.set_title(f"Detectors per category by layer ({counting} counting)")
+    return ax.figure
+
+
+def plot_published_figure(figure: pd.DataFrame, ax=None):
+    """The paper's cross-network figure from `published.read_published_figure`'s table: unique
+    detectors per category stacked for every network, networks sorted by their total (descending,
+    ties in file order, as NetDissect's ``plot/plot_semantics.m``)."""
+    wide = figure.pivot_table(index="network", columns="concept", values="unique detectors", sort=False)
+    cats = [c for c in FIGURE_CONCEPTS if c in wide.columns]
+    wide = wide[cats]
+    order = wide.sum(axis=1).sort_values(ascending=False, kind="stable").index
+    wide = wide.loc[order]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 4.4))
+    bottom = np.zeros(len(wide))
+    for cat, color in zip(cats, FIGURE_COLORS):
+        ax.bar(np.arange(len(wide)), wide[cat].to_numpy(), bottom=bottom, color=color, edgecolor="k", lw=0.3,
+               label=cat)
+        bottom += wide[cat].to_numpy()
+    ax.set_xticks(np.arange(len(wide)))
+    ax.set_xticklabels([PRINT_NAMES.get(n, n) for n in wide.index], rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("network (last convolutional layer)")
+    ax.set_ylabel("Number of unique detectors")
+    ax.set_title("Unique detectors per category across networks (from semantics_cvpr_release.mat)")
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
     return ax.figure
 
 
@@ -171,14 +219,35 @@ def write_report(results: Mapping[str, LayerDissection], out_dir: str | Path, br
     return atomic_write_text(out_dir / "dissection.html", html_page(title, body, REPORT_CSS))
 
 
-def describe(results: Mapping[str, LayerDissection], coverage: pd.DataFrame) -> str:
-    """Markdown stating the detectors per layer and how many of the data set's concepts got a detector."""
+def describe(results: Mapping[str, LayerDissection], coverage: pd.DataFrame, counting: str = "top_label") -> str:
+    """Markdown stating the detectors per layer and how many of the data set's concepts got a
+    detector (`coverage` from `run.planted_coverage` under the same `counting`)."""
     parts = []
     for layer, res in results.items():
-        s = res.summary()
+        s, t = res.summary(counting), res.summary("top_label" if counting == "paper" else "paper")
         parts.append(f"`{layer}`: {s['interpretable']}/{s['units']} units are detectors "
-                     f"(IoU >= {res.iou_threshold:g}) covering {s['unique_concepts']} concepts")
+                     f"(IoU >= {res.iou_threshold:g}) with {s['unique_concepts']} unique detectors by the "
+                     f"{counting} counting ({t['unique_concepts']} by the {t['counting']} counting)")
     total, hit = int(coverage["concepts"].sum()), int(coverage["with detector"].sum())
     per = ", ".join(f"{r['category']} {r['with detector']}/{r['concepts']}" for _, r in coverage.iterrows())
     return ("; ".join(parts) + f". Over all dissected layers, {hit} of the {total} concepts present in the data "
-            f"set have at least one detector unit ({per}).")
+            f"set have at least one detector unit ({per}; {counting} counting).")
+
+
+def describe_published(published) -> str:
+    """Markdown comparing the CSVs' counts with the .mat (`published.Published`), or its notes."""
+    table = published.comparison()
+    if table is None or "unique detectors (.mat)" not in table:
+        return " ".join(published.notes)
+    same = ((table["detectors (paper, CSV)"] == table["detectors (.mat)"])
+            & (table["unique detectors (paper, CSV)"] == table["unique detectors (.mat)"]))
+    nets = table["network"].nunique()
+    alex = table[(table["network"] == "caffe_reference_places205") & (table["concept"] == "all")]
+    line = (f"Counted the paper's way, the published per-unit tallies of {nets} networks reproduce "
+            f"{int(same.sum())} of {len(table)} (network, concept) entries of `semantics_cvpr_release.mat` exactly")
+    if len(alex):
+        r = alex.iloc[0]
+        line += (f"; AlexNet/Places205 conv5 has {int(r['unique detectors (paper, CSV)'])} unique detectors by the "
+                 f"paper's counting and {int(r['unique detectors (top_label, CSV)'])} by top label "
+                 f"({int(r['detectors (paper, CSV)'])} of 256 units are detectors)")
+    return line + "."

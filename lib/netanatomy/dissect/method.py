@@ -6,8 +6,14 @@ labels c of categories cat(c):
 
 1. Threshold: T_k is the ``1 - quantile`` (0.995) quantile of unit k's activations over all
    spatial positions of all images, at feature-map resolution:  P(A_k > T_k) = quantile = 0.005.
-2. Mask: each activation map is upsampled bilinearly to the segmentation size, S_k(x), and
-   binarised, M_k(x) = S_k(x) > T_k.
+2. Mask: each activation map is upsampled to the segmentation size, S_k(x), and binarised,
+   M_k(x) = S_k(x) > T_k. Upsampling (``upsample``): 'bilinear' (NetDissect-Lite: the map's
+   samples at the centres of equal cells, ``F.interpolate(align_corners=False)``) or
+   'receptive_field' (the original NetDissect, ``upsample.upsampleL``): sample a of the map sits at
+   the centre of its receptive field, ``c_a = (o + s // 2) // r + a * (t // r)`` segmentation
+   pixels for the layer's field map (offset o, size s, step t in input pixels) and the reduction
+   r = round(image size / segmentation size); the map is interpolated linearly between the c_a
+   and held constant beyond them (a degree-1 ``RectBivariateSpline``).
 3. Counts over the data set, with L_c(x) the pixels labelled c (a whole-image label counts every
    pixel):
        I[k, c] = sum_x |M_k(x) & L_c(x)|,      G[c] = sum_x |L_c(x)|,
@@ -18,13 +24,23 @@ labels c of categories cat(c):
 4. IoU[k, c] = I[k, c] / (A_cat[k, cat(c)] + G[c] - I[k, c])   (0 when the union is empty).
 5. Per unit, the best label of each category and overall; a unit is a *detector* of its best
    label when IoU >= iou_threshold (0.04).
+6. Counting detectors (``counting``), with best_cat(k) = argmax over the labels c of category
+   cat of IoU[k, c]:
+   - 'paper' (the paper's Fig. of unique detectors across networks, its data file
+     ``semantics_cvpr_release.mat``): per category, detectors = #{k : IoU[k, best_cat(k)] >= t}
+     and unique detectors = #{best_cat(k) : k a detector of cat}; over all categories, detectors =
+     #{k : max_c IoU[k, c] >= t} and unique detectors = the sum of the per-category unique counts.
+     A unit counts in every category where its best label reaches t.
+   - 'top_label' (NetDissect-Lite's report header "N units covering K concepts"): each unit counts
+     once, in the category of its overall best label; unique = distinct (category, label) pairs.
 
 Computed in two streaming passes (`netanatomy.streaming` statistics): `UnitThresholds` keeps each
 unit's top ``quantile * N * H * W + 1`` activations, from which step 1's quantile follows exactly
 (numpy's linear interpolation; or a seeded sample when that buffer is too large), and each unit's
 top images; `UnitTally` adds steps 2-3 batch by batch as matrix products (`tally_batch`).
-`iou_from_counts`, `make_tally` and `tally_summary` give steps 4-5 in NetDissect-Lite's tally.csv
+`iou_from_counts`, `make_tally` and `tally_summary` give steps 4-6 in NetDissect-Lite's tally.csv
 format. Memory is bounded by the batch size and the quantile buffer, never by the data-set size.
+`PUBLISHED` holds the paper's numbers this repository checks, with their source.
 """
 
 from __future__ import annotations
@@ -41,8 +57,46 @@ from ..streaming import Sum, TopK
 
 UNION_RULES = ("image", "lite")
 QUANTILE_METHODS = ("auto", "exact", "sample")
+#: Step 2's upsampling: NetDissect-Lite's bilinear, the original NetDissect's receptive-field-centred.
+UPSAMPLINGS = ("bilinear", "receptive_field")
+#: Step 6's ways of counting detectors (see the module docstring).
+COUNTINGS = ("paper", "top_label")
 #: Label written in tally.csv for a category in which a unit has no overlap at all (IoU 0).
 NO_LABEL = "-"
+#: NetDissect-Lite's input normalisation as (mean, std) of RGB on the 0-1 scale: it subtracts the
+#: BGR mean [109.5388, 118.6897, 124.6901] and divides by 255 * 0.224 (feature_operation.py,
+#: ``FeatureOperator.mean`` and ``input.div_(255.0 * 0.224)``), not torchvision's ImageNet mean/std.
+LITE_NORMALIZE = ((124.6901 / 255, 118.6897 / 255, 109.5388 / 255), (0.224, 0.224, 0.224))
+
+#: The paper's numbers checked here. Source: ``semantics_cvpr_release.mat`` in CSAILVision/NetDissect
+#: ``plot/`` (struct ``stat``), the data behind the paper's cross-network figure of unique detectors
+#: (``plot/semantics_allnetwork.pdf``), rows ``num_detectors`` and ``num_uniquedetectors`` in the
+#: order of `PUBLISHED_CONCEPTS`, for the five networks whose per-unit tallies NetDissect publishes
+#: in ``plot/<csv name>.csv`` (`PUBLISHED_CSV` maps the CSV names to the .mat's network names; the
+#: counts of each CSV under the 'paper' counting equal its row exactly, which the tests check).
+#: ``unique_top_label``: distinct (category, label) pairs among the units whose overall best label
+#: reaches 0.04 in the same CSV (our count of the published file under the 'top_label' counting;
+#: the paper does not print it).
+PUBLISHED_CONCEPTS = ("all", "object", "part", "scene", "material", "texture", "color")
+PUBLISHED = {
+    "caffe_reference_imagenet": {"layer": "conv5", "units": 256, "unique_top_label": 50,
+                                 "detectors": (97, 49, 26, 5, 4, 45, 6), "unique": (61, 21, 8, 4, 1, 23, 4)},
+    "caffe_reference_places205": {"layer": "conv5", "units": 256, "unique_top_label": 60,
+                                  "detectors": (107, 78, 14, 17, 4, 31, 2), "unique": (79, 36, 8, 12, 1, 20, 2)},
+    "caffe_reference_places365": {"layer": "conv5", "units": 256, "unique_top_label": 72,
+                                  "detectors": (118, 81, 17, 21, 3, 47, 2), "unique": (91, 40, 9, 13, 2, 25, 2)},
+    "resnet-152-torch-imagenet": {"layer": "caffe.Eltwise_510", "units": 2048, "unique_top_label": 197,
+                                  "detectors": (1325, 858, 268, 494, 49, 407, 3),
+                                  "unique": (242, 75, 23, 89, 8, 45, 2)},
+    "resnet-152-torch-places365": {"layer": "caffe.Eltwise_510", "units": 2048, "unique_top_label": 278,
+                                   "detectors": (1452, 774, 308, 1045, 19, 300, 2),
+                                   "unique": (347, 84, 26, 188, 5, 42, 2)},
+}
+PUBLISHED_CSV = {"caffe_reference_imagenet": "caffe_reference_imagenet",
+                 "caffe_reference_places205": "caffe_reference_places205",
+                 "caffe_reference_places365": "caffe_reference_places365",
+                 "ResNet-152-model_imagenet": "resnet-152-torch-imagenet",
+                 "ResNet-152-model_places365": "resnet-152-torch-places365"}
 
 
 # ----------------------------------------------------------------------------- step 1: thresholds
@@ -150,13 +204,92 @@ def _image_labels(sg: torch.Tensor, sc: torch.Tensor, n_labels: int):
     return lab, lab_ok, col
 
 
+#: A field map is ((offset_y, offset_x), (size_y, size_x), (step_y, step_x)) in input pixels: output
+#: position a of a layer sees input pixels [a * step + offset, a * step + offset + size) (NetDissect).
+IDENTITY_FIELD = ((0, 0), (1, 1), (1, 1))
+
+
+def compose_fieldmap(lower, upper):
+    """The field map of `upper` stacked on `lower` (NetDissect's ``compose_fieldmap``)."""
+    (o1, s1, t1), (o2, s2, t2) = lower, upper
+    return (tuple(b * t + a for a, b, t in zip(o1, o2, t1)), tuple((b - 1) * t + a for a, b, t in zip(s1, s2, t1)),
+            tuple(a * b for a, b in zip(t1, t2)))
+
+
+def layer_fieldmap(module) -> tuple | None:
+    """A module's own field map: convolutions and pooling (-padding, dilated kernel size, stride);
+    other modules keep the geometry (identity); adaptive pooling has none (None)."""
+    pair = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v))
+    if isinstance(module, (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)):
+        return None
+    if not isinstance(module, (torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+        return IDENTITY_FIELD
+    k, d = pair(module.kernel_size), pair(getattr(module, "dilation", 1))
+    size = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+    pad = module.padding
+    if isinstance(pad, str):  # 'valid' or 'same' (stride 1)
+        pad = (0, 0) if pad == "valid" else tuple((si - 1) // 2 for si in size)
+    return tuple(-p for p in pair(pad)), size, pair(module.stride or module.kernel_size)
+
+
+def receptive_field_positions(n: int, centre: int, step: int, reduction: int) -> np.ndarray:
+    """Segmentation coordinates of a map's n samples centred on their receptive fields (step 2).
+
+    NetDissect's ``centered_arange``: ``arange(centre // r, (centre + n * t) // r, t // r)[:n]``
+    with centre = o + s // 2 of the field map and t its step, in input pixels, and r the
+    reduction. Where t < r (upstream would divide by zero) the step is t / r.
+    """
+    stride = step // reduction if step >= reduction else step / reduction
+    return centre // reduction + stride * np.arange(n)
+
+
+def interpolation_matrix(positions: np.ndarray, length: int) -> torch.Tensor:
+    """(length, n) weights of linear interpolation at 0..length-1 between samples at increasing
+    `positions`, constant beyond the first and last (a degree-1 spline, as FITPACK evaluates it)."""
+    pos = np.asarray(positions, np.float64)
+    out = np.zeros((length, len(pos)))
+    x = np.arange(length, dtype=np.float64)
+    if len(pos) == 1:
+        out[:, 0] = 1.0
+        return torch.from_numpy(out).float()
+    j = np.clip(np.searchsorted(pos, x, side="right") - 1, 0, len(pos) - 2)
+    w = np.clip((x - pos[j]) / (pos[j + 1] - pos[j]), 0.0, 1.0)
+    out[np.arange(length), j] = 1.0 - w
+    out[np.arange(length), j + 1] += w
+    return torch.from_numpy(out).float()
+
+
+def receptive_field_grid(feature_hw: tuple[int, int], seg_hw: tuple[int, int], centre: tuple[int, int],
+                         step: tuple[int, int], reduction: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (sh, h), columns (sw, w)) interpolation matrices of the receptive-field-centred upsampling."""
+    return tuple(interpolation_matrix(receptive_field_positions(n, c, t, reduction), m)
+                 for n, m, c, t in zip(feature_hw, seg_hw, centre, step))
+
+
+def _upsample(maps: torch.Tensor, seg_hw: tuple[int, int], grid) -> torch.Tensor:
+    """(b, A, h, w) maps -> (b, sh * sw, A) upsampled: bilinear (grid None) or by the matrices `grid`."""
+    b, n_act = maps.shape[:2]
+    sh, sw = seg_hw
+    if grid is not None:  # columns, then rows, as two broadcast matrix products in the (b, y, x, A) layout
+        rows, cols = (g.to(maps.device, maps.dtype) for g in grid)
+        per_row = torch.matmul(cols, maps.permute(0, 2, 3, 1))  # (b, h, sw, A)
+        return torch.matmul(rows, per_row.reshape(b, maps.shape[2], sw * n_act)).reshape(b, sh * sw, n_act)
+    # channels-last maps: bilinear upsampling vectorises over units (several times faster on
+    # CPU) and the result, viewed as (b, S, A), feeds the product without a copy
+    maps = maps.contiguous(memory_format=torch.channels_last)
+    up = F.interpolate(maps, size=(sh, sw), mode="bilinear", align_corners=False) \
+        if tuple(maps.shape[-2:]) != (sh, sw) else maps.clone(memory_format=torch.channels_last)
+    return up.permute(0, 2, 3, 1).reshape(b, sh * sw, n_act)
+
+
 def _mask_overlaps(a: torch.Tensor, thr: torch.Tensor, active: torch.Tensor, onehot: torch.Tensor,
-                   seg_hw: tuple[int, int]) -> torch.Tensor:
+                   seg_hw: tuple[int, int], grid=None) -> torch.Tensor:
     """(b, U, P + 1) pixels of each unit's mask under each of the image's labels (column 0: mask size).
 
     Each image's *active* units (map maximum above threshold; the others have empty masks) are
-    gathered and padded to the largest count A, upsampled and thresholded in place into a float
-    mask (b, S, A); one ``torch.bmm`` with the one-hot labels (b, P + 1, S) gives every overlap.
+    gathered and padded to the largest count A, upsampled (`_upsample`) and thresholded in place
+    into a float mask (b, S, A); one ``torch.bmm`` with the one-hot labels (b, P + 1, S) gives
+    every overlap.
     """
     b, units, h, w = a.shape
     sh, sw = seg_hw
@@ -168,12 +301,7 @@ def _mask_overlaps(a: torch.Tensor, thr: torch.Tensor, active: torch.Tensor, one
         return overlap
     order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)[:, :n_act]  # (b, A)
     valid = torch.arange(n_act, device=dev).unsqueeze(0) < count.unsqueeze(1)
-    # channels-last maps: bilinear upsampling vectorises over units (several times faster on
-    # CPU) and the result, viewed as (b, S, A), feeds the product without a copy
-    maps = a.gather(1, order[:, :, None, None].expand(b, n_act, h, w)).contiguous(memory_format=torch.channels_last)
-    up = F.interpolate(maps, size=(sh, sw), mode="bilinear", align_corners=False) \
-        if (h, w) != (sh, sw) else maps.clone(memory_format=torch.channels_last)
-    up = up.permute(0, 2, 3, 1).reshape(b, sh * sw, n_act)
+    up = _upsample(a.gather(1, order[:, :, None, None].expand(b, n_act, h, w)), (sh, sw), grid)
     slot_thr = torch.where(valid, thr[order], torch.full_like(thr[order], float("inf")))
     up.gt_(slot_thr.unsqueeze(1))  # in place: 1.0 above threshold, else 0.0 (padding: never)
     part = torch.bmm(onehot, up).transpose(1, 2).double()  # (b, A, P + 1)
@@ -182,13 +310,14 @@ def _mask_overlaps(a: torch.Tensor, thr: torch.Tensor, active: torch.Tensor, one
 
 
 def tally_batch(acts: torch.Tensor, thresholds: torch.Tensor, seg: torch.Tensor, scalars: torch.Tensor,
-                labelcat: torch.Tensor, union_rule: str = "image", chunk: int = 1 << 25):
+                labelcat: torch.Tensor, union_rule: str = "image", chunk: int = 1 << 25, grid=None):
     """Tally one batch with batched matrix products.
 
     acts (B, U, h, w) activations; thresholds (U,); seg (B, L, sh, sw) label indices (0 = none,
     1..C); scalars (B, W) whole-image label indices (0 = padding); labelcat (C + 1, K) one-hot
     of each label index's category (row 0 zero). Returns float64 (I (U, C), A_cat (U, K), G (C,),
-    per-image mask sizes (B, U)). The mask is ``upsample_bilinear(acts) > threshold``.
+    per-image mask sizes (B, U)). The mask is ``upsample(acts) > threshold``: bilinear, or with
+    `grid` (`receptive_field_grid`) centred on the receptive fields.
 
     Per chunk of images (at most `chunk` elements in the largest mask block): each image's labels
     are compacted to its own P columns and one-hot encoded per pixel, (b, P + 1, S) with row 0 all
@@ -225,7 +354,7 @@ def tally_batch(acts: torch.Tensor, thresholds: torch.Tensor, seg: torch.Tensor,
         scal.scatter_add_(1, col.gather(1, sc), torch.ones_like(sc, dtype=torch.float32))
         scal = scal[:, 1:].double()  # (b, P): whole-image labels
         pix = onehot[:, 1:, :].sum(2).double()  # (b, P): pixels of each label
-        overlap = _mask_overlaps(a, thr, active_all[start:start + b], onehot, (sh, sw))
+        overlap = _mask_overlaps(a, thr, active_all[start:start + b], onehot, (sh, sw), grid)
         size = overlap[:, :, 0].clone()  # (b, U)
         ov = overlap[:, :, 1:] + size.unsqueeze(2) * scal.unsqueeze(1)  # (b, U, P) with whole-image labels
         flat = torch.arange(units, device=dev).view(1, units, 1) * n_labels + (lab - 1).clamp(min=0).unsqueeze(1)
@@ -247,13 +376,14 @@ class UnitTally:
 
     ``add(acts (B, U, h, w), seg, scalars, idx)`` tallies a batch (`tally_batch`) with the
     thresholds of pass 1 and keeps the activation maps of each unit's top images (`top_idx`
-    (U, n), maps of size `hw`) for the report. Merging the tallies of disjoint parts of the data
-    is exact.
+    (U, n), maps of size `hw`) for the report. `grid`: see `tally_batch`. Merging the tallies of
+    disjoint parts of the data is exact.
     """
 
     def __init__(self, thresholds: torch.Tensor, labelcat: torch.Tensor, top_idx: torch.Tensor,
-                 hw: tuple[int, int], union_rule: str = "image", chunk: int = 1 << 25):
+                 hw: tuple[int, int], union_rule: str = "image", chunk: int = 1 << 25, grid=None):
         self.thresholds, self.labelcat, self.union_rule, self.chunk = thresholds, labelcat, union_rule, chunk
+        self.grid = grid
         self.counts = {"inter": Sum(), "act_cat": Sum(), "truth": Sum()}
         self.top_maps = torch.zeros(top_idx.shape[0], top_idx.shape[1], *hw)
         self.wanted: dict[int, list[tuple[int, int]]] = {}  # image index -> [(unit, slot)]
@@ -263,7 +393,7 @@ class UnitTally:
     def add(self, acts: torch.Tensor, seg: torch.Tensor, scalars: torch.Tensor, idx: torch.Tensor) -> None:
         dev = acts.device
         inter, act_cat, truth, _ = tally_batch(acts, self.thresholds.to(dev), seg, scalars, self.labelcat.to(dev),
-                                               self.union_rule, self.chunk)
+                                               self.union_rule, self.chunk, self.grid)
         for name, value in zip(("inter", "act_cat", "truth"), (inter, act_cat, truth)):
             self.counts[name].add(value)
         for b, i in enumerate(idx.tolist()):
@@ -348,14 +478,29 @@ def tally_categories(tally: pd.DataFrame) -> list[str]:
     return [c[:-len("-label")] for c in tally.columns if c.endswith("-label")]
 
 
-def tally_summary(tally: pd.DataFrame, iou_threshold: float = 0.04, categories: Sequence[str] | None = None) -> dict:
-    """Summary of a tally (ours or a published one): detectors, unique concepts, detectors per category."""
-    det = tally[tally["score"] >= iou_threshold]
+def tally_summary(tally: pd.DataFrame, iou_threshold: float = 0.04, categories: Sequence[str] | None = None,
+                  counting: str = "top_label") -> dict:
+    """Detector counts of a tally (ours or a published one) under `counting` (step 6 of the module).
+
+    Returns units, interpretable (units whose overall best IoU >= iou_threshold: the same under
+    both countings), unique_concepts (all categories), per_category {cat: detectors} and
+    unique_per_category {cat: unique detectors}, and the counting used. The default 'top_label' is
+    NetDissect-Lite's header (and what the Dynamic-K paper's tallies report); the paper's own
+    figures use 'paper'.
+    """
+    if counting not in COUNTINGS:
+        raise ValueError(f"counting must be one of {COUNTINGS}, got {counting!r}")
     cats = list(categories) if categories is not None else tally_categories(tally)
-    return {
-        "units": int(len(tally)),
-        "interpretable": int(len(det)),
-        "unique_concepts": int(det[["category", "label"]].drop_duplicates().shape[0]),
-        "per_category": {c: int((det["category"] == c).sum()) for c in cats},
-        "unique_per_category": {c: int(det.loc[det["category"] == c, "label"].nunique()) for c in cats},
-    }
+    top = tally[tally["score"] >= iou_threshold]
+    if counting == "top_label":
+        per = {c: int((top["category"] == c).sum()) for c in cats}
+        uniq = {c: int(top.loc[top["category"] == c, "label"].nunique()) for c in cats}
+        unique = int(top[["category", "label"]].drop_duplicates().shape[0])
+    else:
+        per, uniq = {}, {}
+        for c in cats:
+            hit = (tally[f"{c}-iou"] >= iou_threshold) & (tally[f"{c}-label"] != NO_LABEL)
+            per[c], uniq[c] = int(hit.sum()), int(tally.loc[hit, f"{c}-label"].nunique())
+        unique = sum(uniq.values())
+    return {"units": int(len(tally)), "interpretable": int(len(top)), "unique_concepts": unique,
+            "per_category": per, "unique_per_category": uniq, "counting": counting}

@@ -7,20 +7,22 @@
   `netanatomy.cache.cached` (resumable), then IoU and the tally per layer (`LayerDissection`).
 - `world_broden(world)`: a concept world's validation split exported as Broden (cached).
 - `study(cfg)`: the notebook's run (subject, layers, data, dissection).
-- Tables: `summary_table`, `detectors_per_category`, `planted_coverage`; files: `save_results`,
-  `read_tally` (ours or a published NetDissect tally.csv).
+- Tables: `summary_table`, `detectors_per_category`, `planted_coverage` (each under a `counting` of
+  `method.tally_summary`; the library's default is NetDissect-Lite's 'top_label', the notebook's
+  `Config.counting` is the paper's); files: `save_results`,
+  `read_tally` (ours or a published NetDissect tally.csv; `published` reads the paper's files).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,26 +31,32 @@ from .. import cache, data, models, streaming
 from ..config import RunConfig, boolean, choice, either, integer, items, number, optional, param, text
 from ..errors import DataError, ParamError
 from ..hooks import get_module, run as run_model, trace
-from ..runtime import atomic_write_csv, cache_dir, pick_device, weights_fingerprint
+from ..runtime import atomic_write_csv, cache_dir, pick_device, resolve_path, weights_fingerprint
 from ..subject import Subject, load_subject, scale as builtin_scale
 from ..world import WorldConfig
-from .method import (NO_LABEL, QUANTILE_METHODS, UNION_RULES, UnitTally, UnitThresholds, iou_from_counts,
-                     make_tally, tally_summary)
+from .method import (COUNTINGS, IDENTITY_FIELD, LITE_NORMALIZE, NO_LABEL, QUANTILE_METHODS, UNION_RULES,
+                     UPSAMPLINGS, UnitTally, UnitThresholds, compose_fieldmap, iou_from_counts, layer_fieldmap,
+                     make_tally, receptive_field_grid, tally_summary)
 
 #: Architectures the zoo trains on the concept world (the others need `weights`).
 ZOO_MODELS = ("small_vgg", "small_resnet")
 TALLY_BASE = ("unit", "category", "label", "score")
+#: Where the shared data keep NetDissect's published files (relative paths resolve from the repo root too).
+PUBLISHED_DIR = "../shared/data/dissection"
 
 
 # ----------------------------------------------------------------------------- configuration
 
 def mean_std(spec, root: Path | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of a `normalize` value: 'auto' (the world's for a world export at `root`, else
-    ImageNet's), 'none', a data-set name of `netanatomy.data.normalization` ('world', 'imagenet',
-    ...) or a pair (mean, std) of RGB triples on the 0-1 scale."""
+    ImageNet's), 'none', 'netdissect_lite' (`method.LITE_NORMALIZE`), a data-set name of
+    `netanatomy.data.normalization` ('world', 'imagenet', ...) or a pair (mean, std) of RGB
+    triples on the 0-1 scale."""
     if isinstance(spec, str):
         if spec == "none":
             return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        if spec == "netdissect_lite":
+            return LITE_NORMALIZE
         if spec == "auto":
             spec = "world" if root is not None and brd.is_world_export(root) else "imagenet"
         try:
@@ -57,8 +65,8 @@ def mean_std(spec, root: Path | None = None) -> tuple[tuple[float, ...], tuple[f
             pass
     elif isinstance(spec, (list, tuple)):
         return data.resolve_normalize("imagenet", spec)
-    raise ParamError("normalize", f"{spec!r} is not 'auto', 'none', a data-set name ('world', 'imagenet', ...) "
-                                  f"or a pair (mean, std)")
+    raise ParamError("normalize", f"{spec!r} is not 'auto', 'none', 'netdissect_lite', a data-set name ('world', "
+                                  f"'imagenet', ...) or a pair (mean, std)")
 
 
 def _normalize(name: str, value: Any) -> Any:
@@ -81,8 +89,11 @@ class DissectConfig(RunConfig):
                                                                expected="a category name or a list of them")),
                                          "Broden categories to use (None: all of the data set)")
     union_rule: str = param("image", choice(*UNION_RULES), "'image' (NetDissect) or 'lite' (NetDissect-Lite)")
+    upsample: str = param("bilinear", choice(*UPSAMPLINGS),
+                          "'bilinear' (NetDissect-Lite) or 'receptive_field' (NetDissect's centred upsampling)")
     batch_size: int = param(64, integer(1), "images per forward pass")
-    normalize: Any = param("auto", _normalize, "'auto', 'world', 'imagenet', 'none' or (mean, std) on 0-1")
+    normalize: Any = param("auto", _normalize,
+                           "'auto', 'world', 'imagenet', 'netdissect_lite', 'none' or (mean, std) on 0-1")
     quantile_method: str = param("auto", choice(*QUANTILE_METHODS),
                                  "'exact', 'sample' or 'auto' (exact when it fits max_buffer)")
     max_buffer: int = param(16384, integer(1), "most activations kept per unit for the quantile")
@@ -105,17 +116,41 @@ class Config(DissectConfig):
                         "a layer preset of the model or a list of layer names")
     broden_root: str | None = param(None, optional(text()), "Broden folder (None: the concept world as Broden)")
     input_size: int | None = param(None, optional(integer(8, 4096)), "model input size (None: the images' own)")
-    gallery_units: int = param(8, integer(1), "units shown inline in the gallery")
+    gallery_units: int = param(8, integer(1, 64), "units shown inline in the gallery")
+    counting: str = param("paper", choice(*COUNTINGS),
+                          "how detectors are counted: 'paper' (per category) or 'top_label' (NetDissect-Lite)")
+    published_mat: str | None = param(PUBLISHED_DIR + "/semantics_cvpr_release.mat", optional(text()),
+                                      "NetDissect's semantics_cvpr_release.mat (None or absent: section skipped)")
+    published_csvs: str | None = param(PUBLISHED_DIR, optional(text()),
+                                       "folder of NetDissect's published per-unit CSVs (None or absent: skipped)")
 
     def validate(self) -> None:
-        if isinstance(self.layers, str):
-            models.layers(self.model, self.layers)  # a known preset of the model
+        """Everything checkable before the model is loaded or trained: names, files, the Broden folder."""
         if self.weights is None and self.model not in ZOO_MODELS:
             raise ParamError("weights", f"model {self.model!r} needs a weights file (only the concept-world nets "
                                         f"{' and '.join(ZOO_MODELS)} are trained by the zoo)")
         if self.weights is not None and self.num_classes is None:
             raise ParamError("num_classes", "give the number of classes of the weights file (e.g. 365 for "
                                             "Places365, 1000 for ImageNet)")
+        if self.weights is not None and not resolve_path(self.weights).is_file():
+            raise ParamError("weights", f"{resolve_path(self.weights)} is not a file")
+        if isinstance(self.layers, str):
+            models.layers(self.model, self.layers)  # a known preset of the model
+        else:  # names checked on the bare architecture (cheap), before any weights are loaded or trained
+            models.resolve_layers(models.build(self.model, self.num_classes or 2), self.model, self.layers)
+        if self.broden_root is not None:
+            brd.open_broden(self.broden_root, self.categories, self.split)
+        else:  # the concept world's export: its categories, one split 'val'
+            unknown = [c for c in self.categories or () if c not in brd.WORLD_LAYOUT]
+            if unknown:
+                raise ParamError("categories", f"{unknown[0]!r} is not a category of the concept world; "
+                                               f"available: {', '.join(brd.WORLD_LAYOUT)}")
+            if self.split not in (None, "val"):
+                raise ParamError("split", f"the exported concept world has the split 'val' only, not {self.split!r}")
+        for name, want in (("published_mat", "is_file"), ("published_csvs", "is_dir")):
+            path = resolve_path(getattr(self, name))
+            if path is not None and path.exists() and not getattr(path, want)():
+                raise ParamError(name, f"{path} is not a {'file' if want == 'is_file' else 'folder'}")
 
 
 # ----------------------------------------------------------------------------- results
@@ -148,9 +183,10 @@ class LayerDissection:
     def units(self) -> int:
         return len(self.thresholds)
 
-    def summary(self) -> dict:
-        """units, interpretable (detectors), unique_concepts, per_category {cat: detectors}, unique_per_category."""
-        return tally_summary(self.tally, self.iou_threshold, self.categories)
+    def summary(self, counting: str = "top_label") -> dict:
+        """units, interpretable (detectors), unique_concepts, per_category {cat: detectors},
+        unique_per_category under `counting` ('top_label' or 'paper': `method.tally_summary`)."""
+        return tally_summary(self.tally, self.iou_threshold, self.categories, counting)
 
 
 # ----------------------------------------------------------------------------- data and activations
@@ -160,17 +196,6 @@ def world_broden(world_cfg: WorldConfig, progress: bool = True) -> Path:
     key = brd.world_key(world_cfg, "val")
     return brd.export_world(world_cfg, cache_dir("broden") / f"world-val-{world_cfg.image_size}px-{key}",
                             split="val", progress=progress)
-
-
-def data_hash(root: Path) -> str:
-    """A sha1 over index.csv, label.csv, category.csv and the export marker of a Broden folder."""
-    h = hashlib.sha1()
-    for name in ("index.csv", "label.csv", "category.csv", brd.MARKER):
-        path = root / name
-        if path.is_file():
-            h.update(name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:20]
 
 
 class _Images(torch.utils.data.Dataset):
@@ -228,6 +253,49 @@ class _Probe:
         return acts
 
 
+def field_map(model: nn.Module, layer: str) -> tuple:
+    """`layer`'s field map (``method.IDENTITY_FIELD`` layout) over the model's torch.fx graph, as
+    NetDissect's ``composed_fieldmap`` does over a Caffe net: along the graph each node composes its
+    own geometry (`method.layer_fieldmap`) onto the largest field map of its inputs."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: no graph to read the geometry from
+        raise ParamError("upsample", f"'receptive_field' needs a model torch.fx can trace ({type(exc).__name__}); "
+                                     f"use 'bilinear'") from None
+    modules, fields, out = dict(model.named_modules()), {}, None
+    for node in graph.nodes:
+        inputs = [fields[a] for a in node.all_input_nodes if fields.get(a) is not None]
+        if node.op == "placeholder" or not inputs:
+            fields[node] = IDENTITY_FIELD if node.op == "placeholder" else None
+            continue
+        own = layer_fieldmap(modules.get(node.target)) if node.op == "call_module" else IDENTITY_FIELD
+        widest = max(inputs, key=lambda f: f[1][0])
+        fields[node] = None if own is None else compose_fieldmap(widest, own)
+        stack = node.meta.get("nn_module_stack") or {}
+        path = node.target if node.op == "call_module" else (next(reversed(stack)) if stack else "")
+        if path == layer or str(path).startswith(layer + "."):
+            out = node
+    if out is None or fields[out] is None:
+        raise ParamError("upsample", f"no receptive-field geometry for layer {layer!r} (not in the traced graph, "
+                                     f"or after adaptive pooling); use 'bilinear'")
+    return fields[out]
+
+
+def _grids(probe: "_Probe", ds: brd.BrodenDataset, pass1: dict, cfg: DissectConfig) -> dict:
+    """Each layer's receptive-field interpolation matrices (None for bilinear upsampling)."""
+    if cfg.upsample == "bilinear":
+        return {name: None for name in pass1}
+    if ds.seg_shape is None:
+        raise ParamError("upsample", f"'receptive_field' needs one segmentation size; {ds.root} mixes several")
+    reduction = max(1, round(probe.input_size / ds.seg_shape[1]))
+    out = {}
+    for name, p1 in pass1.items():
+        offset, size, step = field_map(probe.model, name)
+        centre = tuple(o + k // 2 for o, k in zip(offset, size))
+        out[name] = receptive_field_grid(p1["hw"], ds.seg_shape, centre, step, reduction)
+    return out
+
+
 def _model_input_size(ds: brd.BrodenDataset, input_size: int | None) -> int:
     if input_size is None:
         sizes = {(r.ih, r.iw) for r in ds.rows[:2000]}
@@ -245,7 +313,9 @@ def dissect(model: nn.Module, layers: Sequence[str] | str, broden_root: str | Pa
 
     Images are resized to `input_size` (default: their own size) and normalised by
     `cfg.normalize`. Two passes over the data, both cached under ``cache_dir("dissect")`` keyed
-    by the model's weights, the layers, the data and the configuration, with periodic checkpoints.
+    by the model's weights, the layers, the data (`netanatomy.data.fingerprint` of the folder:
+    every file's path, size and modification time, so a changed image or segmentation is seen)
+    and the configuration, with periodic checkpoints.
     """
     cfg = cfg or DissectConfig()
     layers = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
@@ -261,17 +331,19 @@ def dissect(model: nn.Module, layers: Sequence[str] | str, broden_root: str | Pa
     device = pick_device(cfg.device)
     probe = _Probe(model, layers, size, torch.tensor(mean_t, device=device).view(1, 3, 1, 1),
                    torch.tensor(std_t, device=device).view(1, 3, 1, 1), device)
-    key1 = dict(weights=weights_fingerprint(model), layers=layers, data=data_hash(ds.root), split=cfg.split,
+    key1 = dict(weights=weights_fingerprint(model), layers=layers, data=data.fingerprint(ds.root), split=cfg.split,
                 n=len(ds), quantile=cfg.quantile, method=cfg.quantile_method, max_buffer=cfg.max_buffer,
                 top=cfg.top_images, seed=cfg.seed, size=size, mean=mean_t, std=std_t)
     path1 = cache.entry("dissect", "pass1", **key1) if cfg.cache else None
     path2 = cache.entry("dissect", "pass2", pass1=key1, categories=ds.category_names,
-                        union_rule=cfg.union_rule) if cfg.cache else None
+                        union_rule=cfg.union_rule, upsample=cfg.upsample) if cfg.cache else None
     was_training, first_device = model.training, next(iter(model.parameters()), torch.empty(0)).device
     model.eval().to(device)
     try:
-        pass1 = cache.cached(path1, lambda checkpoint: _thresholds(probe, ds, cfg, checkpoint))
-        pass2 = cache.cached(path2, lambda checkpoint: _tally(probe, ds, cfg, pass1, checkpoint))
+        pass1 = cache.cached(path1, lambda checkpoint: _thresholds(probe, ds, cfg, checkpoint),
+                             label="dissect: thresholds")
+        pass2 = cache.cached(path2, lambda checkpoint: _tally(probe, ds, cfg, pass1, checkpoint),
+                             label="dissect: tally")
     finally:
         model.to(first_device)
         model.train(was_training)
@@ -316,8 +388,9 @@ def _tally(probe: _Probe, ds: brd.BrodenDataset, cfg: DissectConfig, pass1: dict
            checkpoint: cache.Checkpoint) -> dict:
     """Pass 2: each layer's `UnitTally` result (G is the same for every layer; it is tallied per layer)."""
     labelcat = torch.from_numpy(ds.labelcat)
+    grids = _grids(probe, ds, pass1, cfg)
     stats = streaming.Stats({name: UnitTally(p1["thresholds"], labelcat, p1["top_idx"], p1["hw"], cfg.union_rule,
-                                             cfg.tally_chunk) for name, p1 in pass1.items()})
+                                             cfg.tally_chunk, grids[name]) for name, p1 in pass1.items()})
     for acts, (_, seg, scal, idx) in _activations(probe, stats, ds, brd.collate, cfg, checkpoint, "dissect: tally"):
         for name, stat in stats.items():
             stat.add(acts[name], seg, scal, idx)
@@ -349,49 +422,61 @@ def study(cfg: Config) -> Study:
 
 # ----------------------------------------------------------------------------- tables and files
 
-def _summaries(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float):
+def _summaries(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float, counting: str):
     for layer, res in results.items():
-        yield layer, res.summary() if isinstance(res, LayerDissection) else tally_summary(res, iou_threshold)
+        tally = res.tally if isinstance(res, LayerDissection) else res
+        thr = res.iou_threshold if isinstance(res, LayerDissection) else iou_threshold
+        cats = res.categories if isinstance(res, LayerDissection) else None
+        yield layer, tally_summary(tally, thr, cats, counting)
 
 
-def summary_table(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float = 0.04) -> pd.DataFrame:
-    """One row per layer: units, detectors, share, unique concepts, detectors per category."""
+def summary_table(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float = 0.04,
+                  counting: str = "top_label") -> pd.DataFrame:
+    """One row per layer: units, detectors, share, unique detectors under both countings, and the
+    detectors per category under `counting`."""
     rows = []
-    for layer, s in _summaries(results, iou_threshold):
+    other = {"paper": "top_label", "top_label": "paper"}[counting]
+    for (layer, s), (_, t) in zip(_summaries(results, iou_threshold, counting),
+                                  _summaries(results, iou_threshold, other)):
         row = {"layer": layer, "units": s["units"], "detectors": s["interpretable"],
                "detector share": round(s["interpretable"] / max(1, s["units"]), 3),
-               "unique concepts": s["unique_concepts"]}
+               f"unique detectors ({counting})": s["unique_concepts"],
+               f"unique detectors ({other})": t["unique_concepts"]}
         row.update({f"{c} detectors": n for c, n in s["per_category"].items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def detectors_per_category(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float = 0.04,
-                           unique: bool = False) -> pd.DataFrame:
-    """Long table (layer, category, detectors or unique concepts) for the per-layer plot."""
+                           unique: bool = False, counting: str = "top_label") -> pd.DataFrame:
+    """Long table (layer, category, detectors or unique concepts) under `counting` for the per-layer plot."""
     column = "unique concepts" if unique else "detectors"
     return pd.DataFrame([{"layer": layer, "category": c, column: n}
-                         for layer, s in _summaries(results, iou_threshold)
+                         for layer, s in _summaries(results, iou_threshold, counting)
                          for c, n in s["unique_per_category" if unique else "per_category"].items()])
 
 
-def planted_coverage(results: Mapping[str, LayerDissection], iou_threshold: float | None = None) -> pd.DataFrame:
-    """Per category: concepts of the data set (labels present), and how many have a detector in any layer.
+def _detected(res: LayerDissection, thr: float, counting: str) -> set[tuple[str, str]]:
+    """(category, label) pairs with a detector in the layer under `counting`."""
+    if counting == "top_label":
+        det = res.tally[res.tally["score"] >= thr]
+        return set(zip(det["category"], det["label"]))
+    return {(cat, lab) for cat in res.categories
+            for lab in res.tally.loc[res.tally[f"{cat}-iou"] >= thr, f"{cat}-label"] if lab != NO_LABEL}
 
-    For the concept world these are the world's planted concepts.
-    """
+
+def planted_coverage(results: Mapping[str, LayerDissection], iou_threshold: float | None = None,
+                     counting: str = "top_label") -> pd.DataFrame:
+    """Per category: concepts of the data set (labels present), and how many have a detector in any
+    layer under `counting`. For the concept world these are the world's planted concepts."""
     any_res = next(iter(results.values()))
     thr = any_res.iou_threshold if iou_threshold is None else iou_threshold
-    found: dict[str, set] = {}
-    for res in results.values():
-        det = res.tally[res.tally["score"] >= thr]
-        for cat, lab in zip(det["category"], det["label"]):
-            found.setdefault(cat, set()).add(lab)
+    found = set().union(*(_detected(res, thr, counting) for res in results.values()))
     rows = []
     labels = any_res.labels.assign(truth=any_res.truth)
     for cat in any_res.categories:
         present = labels[(labels["category"] == cat) & (labels["truth"] > 0)]
-        hit = sorted(found.get(cat, set()))
+        hit = sorted(lab for c, lab in found if c == cat)
         rows.append({"category": cat, "concepts": len(present), "with detector": len(hit),
                      "detected": ", ".join(hit)})
     return pd.DataFrame(rows)

@@ -23,19 +23,42 @@ from ..data import raw_image
 from ..dissect.figures import write_report
 from ..report import html_page, png_data_uri
 from . import method
-from .run import Concentration, Config, Pair, explained_images, unit_labels
+from .run import DENSE, DKA, Concentration, Config, Pair, explained_images, unit_labels
 
 
 # ============================================================================ plots
-def plot_training(pair: Pair):
-    """Validation accuracy per epoch, dense versus DKA."""
-    frames = [t.history.assign(model=t.label) for t in pair.both if "val_acc" in t.history]
+def plot_training(pairs: Sequence[Pair]):
+    """Training accuracy per epoch of both arms, one line per seed."""
+    frames = [t.history.assign(model=DENSE if t.k is None else DKA, seed=p.seed)
+              for p in pairs for t in p.both if "train_acc" in t.history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if frames:
-        sns.lineplot(data=pd.concat(frames), x="epoch", y="val_acc", hue="model", marker="o", ax=ax)
+        sns.lineplot(data=pd.concat(frames, ignore_index=True), x="epoch", y="train_acc", hue="model",
+                     units="seed", estimator=None, marker="o", alpha=0.7, ax=ax)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Dense head versus DKA head: same trunk, seed and recipe")
+    ax.set_ylabel("training accuracy (augmented images)")
+    ax.set_title(f"Dense versus DKA head: {len(pairs)} seed(s), each arm from the same initialisation")
+    fig.tight_layout()
+    return fig
+
+
+def plot_seeds(table: pd.DataFrame, verdicts: pd.DataFrame):
+    """Per measure, both arms of every seed joined by a line (paired), with the verdict in the title."""
+    measures = list(verdicts["measure"])
+    fig, axes = plt.subplots(1, len(measures), figsize=(4 * len(measures), 3.6))
+    names = {"val_acc": "validation accuracy", "interpretable": "interpretable units",
+             "concentration": "top-K share of the explanation"}
+    for ax, (_, v) in zip(np.atleast_1d(axes), verdicts.iterrows()):
+        wide = table.pivot(index="seed", columns="model", values=v["measure"])[[DENSE, DKA]]
+        for _, row in wide.iterrows():
+            ax.plot([0, 1], row.to_numpy(dtype=float), "-o", color="grey", alpha=0.6)
+        ax.set_xticks([0, 1], [DENSE, DKA])
+        ax.set_xlim(-0.3, 1.3)
+        ax.set_xlabel("head (lines join the arms of one seed)")
+        ax.set_ylabel(names.get(v["measure"], v["measure"]))
+        span = "" if np.isnan(v["low"]) else f" [{v['low']:+.3g}, {v['high']:+.3g}]"
+        ax.set_title(f"{v['verdict']}: DKA - dense {v['difference']:+.3g}{span}", fontsize=9)
+    fig.suptitle("Paired by training seed: DKA minus dense decides each claim")
     fig.tight_layout()
     return fig
 
@@ -180,11 +203,19 @@ def explain_page(explanations: list[dict], title: str, iou_threshold: float = 0.
 
 
 # ============================================================================ findings
-def describe_accuracy(pair: Pair) -> str:
-    """Validation accuracy of both models and the difference."""
-    dense, dka = pair.dense.val_acc, pair.dka.val_acc
-    return (f"Validation accuracy: dense **{dense:.3f}**, DKA K={pair.dka.k} **{dka:.3f}** "
-            f"({100 * (dka - dense):+.1f} points), same trunk, seed and recipe.")
+def describe_verdicts(verdicts: pd.DataFrame, k: int) -> str:
+    """Each claim with both arms' means, the paired 95 % interval of DKA - dense and its verdict."""
+    def fmt(v, measure):
+        return f"{100 * v:.1f}" if measure == "val_acc" else f"{v:.2f}"
+    parts = []
+    for _, v in verdicts.iterrows():
+        unit = " points" if v["measure"] == "val_acc" else ""
+        span = "" if np.isnan(v["low"]) else f", 95 % interval [{fmt(v['low'], v['measure'])}, " \
+                                              f"{fmt(v['high'], v['measure'])}]{unit}"
+        parts.append(f"*{v['claim'].replace('margin', fmt(abs(v['threshold']), 'val_acc') + ' points')}*: dense "
+                     f"{fmt(v['dense'], v['measure'])}, DKA K={k} {fmt(v['dka'], v['measure'])}, difference "
+                     f"{fmt(v['difference'], v['measure'])}{unit}{span} over {v['seeds']} seed(s): **{v['verdict']}**.")
+    return " ".join(parts)
 
 
 def describe_dissection(dissections: dict, layer: str, iou_threshold: float) -> str:
@@ -193,7 +224,8 @@ def describe_dissection(dissections: dict, layer: str, iou_threshold: float) -> 
     ours = " ; ".join(f"{name}: **{s['interpretable']}/{s['units']}** units of `{layer}` interpretable, "
                       f"**{s['unique_concepts']}** unique concepts"
                       for name, s in ((name, d.summary()) for name, d in dissections.items()))
-    return (ours + f" (IoU >= {iou_threshold}). Published DKA ResNet-18 (Places365, Broden, context only): "
+    return (ours + f" (IoU >= {iou_threshold}). Released DKA ResNet-18 (Places365, Broden; upstream "
+            f"pretrained/tally.csv, context only): "
             f"{p['interpretable']}/{p['units']} interpretable, {p['unique_concepts']} unique concepts, "
             f"{p['scene_detectors']} scene detectors.")
 

@@ -23,8 +23,11 @@ This module holds
   through the B x C x K selected votes only);
 - `to_dka`, `build`, `load_checkpoint`, `k_from_mark`, `head_k`, `feature_dim`: the head swapped
   into any model, and upstream checkpoints (``module.`` prefixes, ``rfc.*`` head keys);
+- `check_layer`: the dissected layer must be the one whose global average pool feeds the head;
 - `unit_contributions`, `concentration`, `concentration_curve`: the explanation above;
-- `PUBLISHED`: the released model's dissection, the paper's numbers this reproduction is set against.
+- `PUBLISHED` (the released model's dissection), `PAPER_ACCURACY_CLAIM` (the paper's words on
+  accuracy, the claim the notebook tests) and `UPSTREAM_RECIPE` (upstream's training settings), each
+  with its source.
 """
 
 from __future__ import annotations
@@ -53,6 +56,21 @@ from ..runtime import pick_device
 #: Context for our numbers only: not comparable to a small net on the concept world.
 PUBLISHED = {"model": "ResNet-18 DKA K=5 (published, Places365)", "layer": "layer4", "units": 512,
              "interpretable": 441, "unique_concepts": 230, "scene_detectors": 307}
+
+#: What the paper says of accuracy, in its own words: DKA training shows "that no compromise in
+#: attainable accuracy is involved". Source: the paper's abstract (Sun, Ravi & Singh, ICCV 2019,
+#: pp. 4938-4947, CVF open-access page ``Sun_Adaptive_Activation_Thresholding_Dynamic_Routing_Type_
+#: Behavior_for_Interpretability_in_ICCV_2019_paper.html``). The paper's accuracy table could not be
+#: read here, so no accuracy number of the paper is quoted; the notebook tests this sentence as a
+#: non-inferiority claim with a stated margin (`netanatomy.dka.run.Config.accuracy_margin`, ours).
+PAPER_ACCURACY_CLAIM = "no compromise in attainable accuracy is involved"
+
+#: Upstream's training settings. Source: sunyiyou/dynamic-k-activation ``train.py`` (``settings`` and
+#: ``adjust_learning_rate``): SGD with momentum 0.9 and weight decay 1e-4, lr 0.1 divided by 10 every
+#: EPOCHS // 3 = 30 epochs, 90 epochs, batch 256 at 224 px, ``torch.manual_seed(0)``, a batch loss
+#: above 10 ends the epoch ("loss explosion"); ``--mark t5`` is K = 5 (``resnet18_fc_ma``, Places365).
+UPSTREAM_RECIPE = {"epochs": 90, "lr": 0.1, "batch_size": 256, "momentum": 0.9, "weight_decay": 1e-4,
+                   "lr_steps": 3, "gamma": 0.1, "max_loss": 10.0, "k": 5, "image_size": 224}
 
 
 # ============================================================================ the routed layer
@@ -272,6 +290,27 @@ def _check_layer_feeds_head(model: nn.Module, layer: str, maps: torch.Tensor, lo
     if feats.shape[1] != head.in_features or not torch.allclose(head(feats), logits.float(), rtol=1e-3, atol=1e-3):
         raise ParamError("layer", f"the head's input is not the global average pool of layer {layer!r}; "
                                   f"give the last convolutional stage (e.g. models.layers(name, 'last'))")
+
+
+@torch.no_grad()
+def check_layer(model: nn.Module, layer: str, input_size: int) -> None:
+    """ParamError (naming `layer`) unless `layer` is a module of `model` whose global average pool is
+    the head's input: checked on one random image of `input_size` px, with the model in eval mode."""
+    if layer not in dict(model.named_modules()):
+        raise ParamError("layer", f"no layer named {layer!r} in {type(model).__name__}; give the last "
+                                  f"convolutional stage (e.g. models.layers(name, 'last'))")
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(param)
+    try:
+        with trace(model, [layer], detach=True) as t:
+            logits = model(x)
+        if t[layer].dim() != 4:
+            raise ParamError("layer", f"layer {layer!r} gives {t[layer].dim()}-d output, not a stack of maps")
+        _check_layer_feeds_head(model, layer, t[layer], logits)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()

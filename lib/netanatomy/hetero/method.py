@@ -25,9 +25,8 @@ The method, as the upstream code (ofsoundof/Heterogeneity_Hypothesis, `main_hh_g
    network (`models.CifarResNet` or a torchvision ResNet with per-layer widths), to be trained with
    the baseline's recipe.
 
-FLOPs are counted 2 per multiply-add (convolutions and the classifier, as `torch.utils.flop_counter`
-counts them): FLOPs = sum over convs 2 C_in C_out k^2 H_out W_out + 2 C_last num_classes
-(`analytic_flops`), cross-checked against `stats.count_flops` on the materialised network.
+Networks as channel configurations (the latent vectors, FLOPs under upstream's and torch's conventions,
+parameters, the ordinary network of a configuration) live in `hetero.networks`.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import math
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -47,24 +45,13 @@ from .. import hooks, models
 from ..config import check_fields, choice, integer, number, optional, param
 from ..errors import ParamError
 from ..runtime import pick_device
+from .networks import MODELS, SEARCH_CONVENTIONS, Arch, ConvSpec, analytic_flops, analytic_params, architecture, \
+    build_network, check_layout
 
 SCORES = ("magnitude", "gradient", "random")
-IMAGENET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-MODELS = ("cifar_resnet", "imagenet_resnet")
 
 
 # ----------------------------------------------------------------------------- settings
-def check_layout(model: str, depth: int) -> None:
-    """A CIFAR ResNet has depth 6n+2; an ImageNet bottleneck ResNet 50, 101 or 152."""
-    if model not in MODELS:
-        raise ParamError("model", f"must be one of {', '.join(MODELS)}, got {model!r}")
-    if model == "cifar_resnet" and not (isinstance(depth, int) and depth >= 8 and (depth - 2) % 6 == 0):
-        raise ParamError("depth", f"a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, ...), got {depth!r}")
-    if model == "imagenet_resnet" and depth not in IMAGENET_BLOCKS:
-        raise ParamError("depth", f"an ImageNet bottleneck ResNet has depth {', '.join(map(str, IMAGENET_BLOCKS))}, "
-                                  f"got {depth!r}")
-
-
 @dataclasses.dataclass
 class HeteroConfig:
     """Architecture and search settings (upstream defaults where they exist); every field is checked."""
@@ -73,16 +60,19 @@ class HeteroConfig:
     depth: int = param(20, integer(8), "network depth")
     width_mult: float = param(2.0, number(1), "widen every channel count by this factor, then shrink")
     ratio: float = param(0.23, number(0, 1, lo_open=True), "target FLOPs(LW-DNA) / FLOPs(widened)")
+    flops_convention: str = param("hh", choice(*SEARCH_CONVENTIONS),
+                                  "how the search counts FLOPs: hh (upstream: conv and linear) or dhp (+ BatchNorm)")
     remain_percentage: float = param(0.4, number(0, 1), "every latent vector keeps at least floor(len * this)")
     linear_percentage: float = param(0.45, number(0, 1), "the classifier's input keeps at least floor(len * this)")
     search_batches: int = param(2, integer(1), "SGD batches on the hypernetwork model before scoring (upstream: 2)")
     search_lr: float = param(0.1, number(0, lo_open=True), "learning rate of the search phase")
     search_batch_size: int | None = param(None, optional(integer(1)), "search batch size (None: training's)")
     embedding_dim: int = param(2, integer(1), "hypernetwork embedding dimension E")
-    prune_threshold: float = param(5e-3, number(0), "binary search: start threshold")
-    step: float = param(0.01, number(0, lo_open=True), "binary search: start step")
-    tolerance: float = param(1e-3, number(0, lo_open=True), "binary search: |FLOPs ratio - ratio| that is reached")
-    max_iter: int = param(100, integer(1), "binary search: at most this many steps")
+    prune_threshold: float = param(5e-3, number(0), "binary search: start threshold (upstream util/option_dhp.py)")
+    step: float = param(0.01, number(0, lo_open=True), "binary search: start step (upstream main_hh_grad.py)")
+    tolerance: float = param(1e-3, number(0, lo_open=True),
+                             "binary search: |FLOPs ratio - ratio| that is reached (upstream main_hh_grad.py)")
+    max_iter: int = param(100, integer(1), "binary search: at most this many steps (upstream main_hh_grad.py)")
     num_classes: int = param(10, integer(1), "classifier outputs")
     input_size: int = param(32, integer(8), "input height and width (pixels)")
 
@@ -91,159 +81,9 @@ class HeteroConfig:
         check_layout(self.model, self.depth)
 
 
-# ----------------------------------------------------------------------------- architecture description
-@dataclasses.dataclass(frozen=True)
-class ConvSpec:
-    """One convolution: its module path in the hypernetwork model, its target state-dict prefixes,
-    the latent vectors of its input and output, kernel, stride and output size."""
-
-    name: str
-    weight: str
-    bn: str
-    vin: str
-    vout: str
-    k: int
-    stride: int
-    out_hw: tuple[int, int]
-    relu: bool
-
-
-@dataclasses.dataclass
-class Arch:
-    """A ResNet as latent vectors (name -> full length) and convolutions reading/writing them."""
-
-    model: str
-    depth: int
-    width_mult: float
-    num_classes: int
-    input_size: int
-    vectors: dict[str, int]
-    last: str                      # the vector read by the classifier
-    convs: list[ConvSpec]
-    blocks: list[list[dict]]       # per stage, per block: {"conv1": ConvSpec, ..., "shortcut": ConvSpec|None}
-    head: str                      # "linear" (CIFAR) or "fc" (torchvision)
-
-
-def _out(h: int, k: int, s: int, p: int | None = None) -> int:
-    p = k // 2 if p is None else p
-    return (h + 2 * p - k) // s + 1
-
-
-def architecture(model: str = "cifar_resnet", depth: int = 20, width_mult: float = 1.0, num_classes: int = 10,
-                 input_size: int = 32) -> Arch:
-    """The latent-vector description of a (widened) ResNet; the layout follows upstream resnet_dhp_share /
-    resnet_imagenet_dhp and the module names follow `models.CifarResNet` / torchvision ResNet.
-    (A width below 1 is allowed here, for small test networks.)"""
-    check_layout(model, depth)
-    if model == "cifar_resnet":
-        return _cifar_architecture(depth, width_mult, num_classes, input_size)
-    return _imagenet_architecture(depth, width_mult, num_classes, input_size)
-
-
-def _cifar_architecture(depth: int, width_mult: float, num_classes: int, h: int) -> Arch:
-    n = (depth - 2) // 6
-    widths = [max(1, int(c * width_mult)) for c in (16, 32, 64)]
-    vectors: dict[str, int] = {"input": 3, **{f"stage{s}": w for s, w in enumerate(widths, 1)}}
-    convs = [ConvSpec("conv1", "conv1", "bn1", "input", "stage1", 3, 1, (h, h), True)]
-    blocks: list[list[dict]] = []
-    prev, size = "stage1", h
-    for s in range(1, 4):
-        stage = []
-        for b in range(n):
-            stride = 2 if (s > 1 and b == 0) else 1
-            inner, out, p = f"layer{s}_{b}_1", f"stage{s}", f"layer{s}.{b}"
-            vectors[inner] = widths[s - 1]
-            ho = _out(size, 3, stride)
-            c1 = ConvSpec(f"{p}.conv1", f"{p}.conv1", f"{p}.bn1", prev, inner, 3, stride, (ho, ho), True)
-            c2 = ConvSpec(f"{p}.conv2", f"{p}.conv2", f"{p}.bn2", inner, out, 3, 1, (ho, ho), False)
-            sc = None
-            if stride != 1 or prev != out:
-                sc = ConvSpec(f"{p}.shortcut", f"{p}.shortcut.0", f"{p}.shortcut.1", prev, out, 1, stride,
-                              (ho, ho), False)
-            convs += [c1, c2] + ([sc] if sc else [])
-            stage.append({"conv1": c1, "conv2": c2, "shortcut": sc})
-            prev, size = out, ho
-        blocks.append(stage)
-    return Arch("cifar_resnet", depth, width_mult, num_classes, h, vectors, "stage3", convs, blocks, "linear")
-
-
-def _imagenet_architecture(depth: int, width_mult: float, num_classes: int, h: int) -> Arch:
-    """A torchvision-style bottleneck ResNet (v1.5: stride on the 3x3 conv)."""
-    planes = [max(1, int(c * width_mult)) for c in (64, 128, 256, 512)]
-    vectors: dict[str, int] = {"input": 3, **{f"stage{s}": 4 * w for s, w in enumerate(planes, 1)}}
-    vectors["stem"] = planes[0]
-    h1 = _out(h, 7, 2, 3)
-    convs = [ConvSpec("conv1", "conv1", "bn1", "input", "stem", 7, 2, (h1, h1), True)]
-    blocks: list[list[dict]] = []
-    size, prev = _out(h1, 3, 2, 1), "stem"   # after the max pool
-    for s, nb in enumerate(IMAGENET_BLOCKS[depth], 1):
-        stage = []
-        for b in range(nb):
-            stride = 2 if (s > 1 and b == 0) else 1
-            i1, i2, out, p = f"layer{s}_{b}_1", f"layer{s}_{b}_2", f"stage{s}", f"layer{s}.{b}"
-            vectors[i1] = vectors[i2] = planes[s - 1]
-            ho = _out(size, 3, stride)
-            c1 = ConvSpec(f"{p}.conv1", f"{p}.conv1", f"{p}.bn1", prev, i1, 1, 1, (size, size), True)
-            c2 = ConvSpec(f"{p}.conv2", f"{p}.conv2", f"{p}.bn2", i1, i2, 3, stride, (ho, ho), True)
-            c3 = ConvSpec(f"{p}.conv3", f"{p}.conv3", f"{p}.bn3", i2, out, 1, 1, (ho, ho), False)
-            sc = None
-            if b == 0:
-                sc = ConvSpec(f"{p}.downsample", f"{p}.downsample.0", f"{p}.downsample.1", prev, out, 1,
-                              stride, (ho, ho), False)
-            convs += [c1, c2, c3] + ([sc] if sc else [])
-            stage.append({"conv1": c1, "conv2": c2, "conv3": c3, "shortcut": sc})
-            prev, size = out, ho
-        blocks.append(stage)
-    return Arch("imagenet_resnet", depth, width_mult, num_classes, h, vectors, "stage4", convs, blocks, "fc")
-
-
 def arch_for(cfg: HeteroConfig, widened: bool = True) -> Arch:
     """The widened (or, with widened=False, the width-1 baseline) architecture of a configuration."""
     return architecture(cfg.model, cfg.depth, cfg.width_mult if widened else 1.0, cfg.num_classes, cfg.input_size)
-
-
-def analytic_flops(arch: Arch, counts: dict[str, int] | None = None) -> int:
-    """FLOPs (2 per multiply-add) of convolutions and classifier for a channel configuration."""
-    c = counts or arch.vectors
-    total = sum(2 * c[s.vin] * c[s.vout] * s.k * s.k * s.out_hw[0] * s.out_hw[1] for s in arch.convs)
-    return int(total + 2 * c[arch.last] * arch.num_classes)
-
-
-def analytic_params(arch: Arch, counts: dict[str, int] | None = None) -> int:
-    """Parameters (conv kernels, BatchNorm weight and bias, classifier weight and bias) of a configuration."""
-    c = counts or arch.vectors
-    total = sum(c[s.vin] * c[s.vout] * s.k * s.k + 2 * c[s.vout] for s in arch.convs)
-    return int(total + c[arch.last] * arch.num_classes + arch.num_classes)
-
-
-# ----------------------------------------------------------------------------- ordinary networks
-def build_network(arch: Arch, counts: dict[str, int] | None = None) -> nn.Module:
-    """An ordinary (weight-owning) network with the channel configuration `counts`.
-
-    CIFAR: `models.CifarResNet` with per-stage widths, per-block inner widths, the stem writing the
-    stage-1 residual stream and option-B (1x1 conv) shortcuts. ImageNet: a torchvision ResNet whose
-    convolutions, BatchNorms and fc are resized per layer (state-dict keys stay torchvision's).
-    """
-    c = counts or arch.vectors
-    if arch.model == "cifar_resnet":
-        inner = [c[blk["conv1"].vout] for stage in arch.blocks for blk in stage]
-        return models.CifarResNet(arch.depth, arch.num_classes, stage_channels=[c[f"stage{s}"] for s in (1, 2, 3)],
-                                  block_channels=inner, stem_channels=c["stage1"], shortcut="B")
-    block = torchvision.models.resnet.Bottleneck
-    net = torchvision.models.resnet.ResNet(block, list(IMAGENET_BLOCKS[arch.depth]), num_classes=arch.num_classes)
-    for s in arch.convs:
-        conv = nn.Conv2d(c[s.vin], c[s.vout], s.k, s.stride, padding=3 if s.k == 7 else s.k // 2, bias=False)
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        _set_module(net, s.weight, conv)
-        _set_module(net, s.bn, nn.BatchNorm2d(c[s.vout]))
-    _set_module(net, "fc", nn.Linear(c[arch.last], arch.num_classes))
-    return net
-
-
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_name, _, attr = path.rpartition(".")
-    parent = hooks.get_module(root, parent_name) if parent_name else root
-    setattr(parent, attr, module)
 
 
 # ----------------------------------------------------------------------------- hypernetwork model (DHP)
@@ -392,14 +232,16 @@ def channel_scores(hyper: HyperResNet, mode: str, seed: int = 0) -> dict[str, to
 
 
 def floors(arch: Arch, remain_percentage: float, linear_percentage: float) -> dict[str, int]:
-    """Minimum kept channels per vector: all of the input, floor(len * linear) of the last stage, floor(len * remain) else."""
+    """Minimum kept channels per vector: all of the input, floor(len * linear) of the last stage, floor(len * remain)
+    of the others."""
     return {name: n if name == "input" else
             min(n, max(1, int(n * (linear_percentage if name == arch.last else remain_percentage))))
             for name, n in arch.vectors.items()}
 
 
 def masks_at(scores: dict[str, torch.Tensor], floor: dict[str, int], threshold: float) -> dict[str, torch.Tensor]:
-    """Keep channel i of vector v when score >= min(threshold, k-th largest score of v), k = floor[v] (upstream rule)."""
+    """Keep channel i of vector v when score >= min(threshold, k-th largest score of v), k = floor[v] (upstream's
+    rule, model_dhp/resnet_imagenet_dhp.py mask())."""
     return {name: torch.ones(len(s), dtype=torch.bool) if name == "input" else
             s >= min(threshold, s.topk(floor[name]).values[-1].item()) for name, s in scores.items()}
 
@@ -423,17 +265,20 @@ class ShrinkResult:
 
 
 class _Ratios:
-    """FLOPs and parameter ratios (kept / widened) of the configuration a threshold keeps."""
+    """FLOPs (under `convention`) and parameter ratios (kept / widened) of the configuration a threshold keeps."""
 
-    def __init__(self, arch: Arch, scores: dict[str, torch.Tensor], floor: dict[str, int]):
-        self.arch, self.scores, self.floor = arch, scores, floor
-        self.flops, self.params = analytic_flops(arch), analytic_params(arch)
+    def __init__(self, arch: Arch, scores: dict[str, torch.Tensor], floor: dict[str, int], convention: str):
+        self.arch, self.scores, self.floor, self.convention = arch, scores, floor, convention
+        self.flops, self.params = analytic_flops(arch, convention=convention), analytic_params(arch)
+
+    def flops_ratio(self, counts: dict[str, int]) -> float:
+        return analytic_flops(self.arch, counts, self.convention) / self.flops
 
     def row(self, iteration: int, threshold: float, step: float, phase: str) -> dict:
         """A trace row: iteration, threshold, step, flops_ratio, params_ratio, phase."""
         counts = counts_of(masks_at(self.scores, self.floor, threshold))
         return {"iteration": iteration, "threshold": threshold, "step": step,
-                "flops_ratio": analytic_flops(self.arch, counts) / self.flops,
+                "flops_ratio": self.flops_ratio(counts),
                 "params_ratio": analytic_params(self.arch, counts) / self.params, "phase": phase}
 
 
@@ -485,7 +330,8 @@ def _refine(ratios: _Ratios, target: float, start: int) -> list[dict]:
 
 
 def shrink(arch: Arch, scores: dict[str, torch.Tensor], cfg: HeteroConfig) -> ShrinkResult:
-    """Upstream's binary search on one global threshold so that FLOPs(kept)/FLOPs(widened) hits `cfg.ratio`.
+    """Upstream's binary search on one global threshold so that FLOPs(kept)/FLOPs(widened) hits `cfg.ratio`
+    (FLOPs counted under `cfg.flops_convention`).
 
     First upstream's walk (`_upstream_walk`, trace rows of phase 'upstream'). Where upstream would
     stop silently off target, an exact bisection over the threshold's breakpoints (the distinct
@@ -493,7 +339,7 @@ def shrink(arch: Arch, scores: dict[str, torch.Tensor], cfg: HeteroConfig) -> Sh
     configuration seen is returned with `reached=False` and a message saying why.
     """
     floor = floors(arch, cfg.remain_percentage, cfg.linear_percentage)
-    ratios = _Ratios(arch, scores, floor)
+    ratios = _Ratios(arch, scores, floor, cfg.flops_convention)
     target, tol = cfg.ratio, cfg.tolerance
     rows = _upstream_walk(ratios, cfg)
     if abs(rows[-1]["flops_ratio"] - target) > tol:
@@ -505,14 +351,15 @@ def shrink(arch: Arch, scores: dict[str, torch.Tensor], cfg: HeteroConfig) -> Sh
     threshold = float(best["threshold"])
     masks = masks_at(scores, floor, threshold)
     counts = counts_of(masks)
-    ratio = analytic_flops(arch, counts) / ratios.flops
+    ratio = ratios.flops_ratio(counts)
     if reached:
         n_up = int((trace["phase"] == "upstream").sum())
         how = (f"in {n_up} upstream steps" if best["phase"] == "upstream" else
                f"after refinement (upstream's {n_up} steps ended at {trace['flops_ratio'].iloc[n_up - 1]:.4f})")
-        message = f"reached FLOPs ratio {ratio:.4f} (target {target}, tolerance {tol}) {how}"
+        message = (f"reached FLOPs ratio {ratio:.4f} (target {target}, tolerance {tol}, {cfg.flops_convention} FLOPs) "
+                   f"{how}")
     else:
-        floor_ratio = analytic_flops(arch, floor) / ratios.flops
+        floor_ratio = ratios.flops_ratio(floor)
         why = (f"the floors (remain/linear percentages) keep at least {floor_ratio:.4f} of the FLOPs"
                if floor_ratio > target + tol else
                "no threshold gives a ratio within tolerance: channel counts are discrete (every breakpoint "

@@ -6,7 +6,9 @@
 - `load_data(cfg)`: the notebook's data (the concept world's 'hetero' world, or real data).
 - `experiment(cfg, data)`: for every seed the width-1 baseline and one LW-DNA per scoring mode, each
   trained with the same recipe and cached (`cache.cached`; training resumes from its checkpoint).
-- Tables: `complexity_table`, `accuracy_table`, `channel_table`, `search_traces`, `versus_baseline`.
+- Tables: `complexity_table`, `accuracy_table`, `channel_table`, `search_traces`, and `verdicts`: each
+  LW-DNA against the baseline and each scoring mode against random scores, paired by seed, with a
+  95 % interval of the accuracy difference that decides "held", "did not hold" or "inconclusive".
 - `step(P)`: the notebook's heavy step for `python -m netanatomy run heterogeneity -f ...` (also
   under torchrun: every rank builds the same LW-DNA from rank 0's channel scores).
 """
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -28,12 +30,16 @@ from .. import data as data_mod
 from .. import stats
 from ..cache import cached, entry
 from ..config import RunConfig, choice, either, integer, items, number, optional, param, text
+from ..errors import ParamError
 from ..runtime import seed_everything
 from ..subject import Data
 from ..subject import load_data as load_subject_data
 from ..train import TrainConfig, fit, recipe_key
+from . import networks
 from . import method
-from .method import Arch, HeteroConfig
+from .networks import Arch
+from .method import HeteroConfig
+
 
 def _method_param(name: str):
     """A notebook parameter that is one of `HeteroConfig`'s fields: the same default, check and doc."""
@@ -46,31 +52,37 @@ class Config(RunConfig):
     """The heterogeneity notebook's parameters (`Config.from_params(P)` rejects unknown names)."""
 
     model: str = _method_param("model")
-    depth: int = _method_param("depth")
+    depth: int = param(8, integer(8), "network depth (CIFAR ResNet 6n+2; ImageNet ResNet 50, 101 or 152)")
     width_mult: float = _method_param("width_mult")
     ratio: float = _method_param("ratio")
+    flops_convention: str = _method_param("flops_convention")
     remain_percentage: float = _method_param("remain_percentage")
     linear_percentage: float = _method_param("linear_percentage")
-    score: list = param(list(method.SCORES), either(items(choice(*method.SCORES), unique=True),
-                                                    choice(*method.SCORES),
-                                                    expected=f"a scoring mode or a list of them "
-                                                             f"({', '.join(method.SCORES)}), without repeats"),
-                        "channel scoring modes to compare")
+    score: list = param(["magnitude", "random"], either(items(choice(*method.SCORES), unique=True),
+                                                        choice(*method.SCORES),
+                                                        expected=f"a scoring mode or a list of them "
+                                                                 f"({', '.join(method.SCORES)}), without repeats"),
+                        "channel scoring modes to compare (random is the control)")
     search_batches: int = _method_param("search_batches")
     search_batch_size: int | None = _method_param("search_batch_size")
     embedding_dim: int = _method_param("embedding_dim")
     epochs: int = param(8, integer(1), "training epochs of baseline and LW-DNA (same recipe)")
-    lr: float = param(0.1, number(0, lo_open=True), "SGD learning rate (cosine schedule, momentum 0.9); also the search's")
+    lr: float = param(0.2, number(0, lo_open=True), "SGD peak learning rate (momentum 0.9); also the search's")
+    schedule: str = param("onecycle", choice("cosine", "onecycle"), "learning-rate schedule (per epoch / per step)")
+    label_smoothing: float = param(0.1, number(0, 1, hi_open=True), "label smoothing of the training loss")
     batch_size: int = param(128, integer(1), "training batch size (global batch under torchrun)")
-    weight_decay: float = param(1e-4, number(0), "SGD weight decay")
-    seeds: int = param(2, integer(1), "number of seeds (seed, seed + 1, ...)")
+    weight_decay: float = param(5e-4, number(0), "SGD weight decay")
+    seeds: int = param(5, integer(1), "number of seeds (seed, seed + 1, ...); verdicts need at least 2")
     dataset: str = param("concept_world", choice(*data_mod.DATASETS), "data set")
     data_root: str | None = param(None, optional(text()), "folder of the real data set (None for the concept world)")
-    image_size: int = param(32, integer(8), "input size (concept world / ImageFolder; CIFAR-10 is 32)")
+    image_size: int = param(16, integer(8), "input size (concept world / ImageFolder; CIFAR-10 is 32)")
     num_workers: int = param(0, integer(0), "data-loader workers")
 
     def validate(self) -> None:
-        method.check_layout(self.model, self.depth)
+        networks.check_layout(self.model, self.depth)
+        if self.dataset == "concept_world" and self.data_root is not None:
+            raise ParamError("data_root", f"is only read for real data sets; the concept world is built in "
+                                          f"(got {self.data_root!r} with dataset 'concept_world')")
 
     @property
     def modes(self) -> list[str]:
@@ -85,13 +97,15 @@ class Config(RunConfig):
     def recipe(self) -> TrainConfig:
         """The training recipe of baseline and LW-DNA (each run replaces `seed` by its own)."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer="sgd", momentum=0.9,
-                           weight_decay=self.weight_decay, schedule="cosine", seed=self.seed, device=self.device,
-                           num_workers=self.num_workers, progress=self.progress)
+                           weight_decay=self.weight_decay, schedule=self.schedule,
+                           label_smoothing=self.label_smoothing, seed=self.seed, device=self.device,
+                           num_workers=self.num_workers, eval_every=0, progress=self.progress)
 
     def hetero(self, num_classes: int, input_size: int) -> HeteroConfig:
         """The method's settings for data with `num_classes` classes of `input_size` pixels."""
         return HeteroConfig(model=self.model, depth=self.depth, width_mult=self.width_mult, ratio=self.ratio,
-                            remain_percentage=self.remain_percentage, linear_percentage=self.linear_percentage,
+                            flops_convention=self.flops_convention, remain_percentage=self.remain_percentage,
+                            linear_percentage=self.linear_percentage,
                             search_batches=self.search_batches, search_lr=self.lr,
                             search_batch_size=self.search_batch_size, embedding_dim=self.embedding_dim,
                             num_classes=num_classes, input_size=input_size)
@@ -135,10 +149,19 @@ def _train_and_measure(net: nn.Module, arch: Arch, counts: dict[str, int], data:
     net.cpu().eval()
     return {"val_acc": float(history["val_acc"].iloc[-1]) if "val_acc" in history else float("nan"),
             "train_acc": float(history["train_acc"].iloc[-1]) if len(history) else float("nan"),
-            "flops": stats.count_flops(net, (1, 3, arch.input_size, arch.input_size)),
-            "flops_analytic": method.analytic_flops(arch, counts),
-            "params": stats.count_params(net), "params_analytic": method.analytic_params(arch, counts),
+            **flops_counts(net, arch, counts),
+            "params": stats.count_params(net), "params_analytic": networks.analytic_params(arch, counts),
             "channels": counts, "history": history.to_dict("records")}
+
+
+def flops_counts(net: nn.Module, arch: Arch, counts: dict[str, int]) -> dict[str, int]:
+    """A built network's FLOPs: `flops` (torch.utils.flop_counter, 2 per multiply-add), `flops_hh` and
+    `flops_dhp` (upstream's two counters, `networks.count_flops_as`), and `flops_analytic` (the torch
+    convention from the channel configuration, which must equal `flops`)."""
+    size = arch.input_size
+    return {"flops": stats.count_flops(net, (1, 3, size, size)),
+            **{f"flops_{c}": networks.count_flops_as(net, size, c) for c in networks.SEARCH_CONVENTIONS},
+            "flops_analytic": networks.analytic_flops(arch, counts)}
 
 
 def baseline(cfg: Config, data: Data, seed: int) -> dict:
@@ -149,12 +172,12 @@ def baseline(cfg: Config, data: Data, seed: int) -> dict:
 
     def train(checkpoint) -> dict:
         seed_everything(seed)
-        result = _train_and_measure(method.build_network(arch), arch, arch.vectors, data, recipe, checkpoint)
+        result = _train_and_measure(networks.build_network(arch), arch, arch.vectors, data, recipe, checkpoint)
         return {**result, "network": "baseline", "score": "-", "seed": seed}
 
     path = entry("hetero", "baseline", model=hcfg.model, depth=hcfg.depth, num_classes=hcfg.num_classes,
                  input_size=hcfg.input_size, recipe=_recipe_key(recipe), data=data.key(), seed=seed)
-    return cached(path, train)
+    return cached(path, train, label=f"train baseline seed {seed}")
 
 
 def lwdna(cfg: Config, data: Data, seed: int) -> list[dict]:
@@ -186,12 +209,13 @@ def lwdna(cfg: Config, data: Data, seed: int) -> list[dict]:
                 "threshold": res.threshold, "ratio": res.ratio, "reached": res.reached, "message": res.message,
                 "trace": res.trace.to_dict("records"), "search_loss": losses.to_dict("records")}
 
-    inits = {m: cached(entry("hetero", f"shrunk-{m}", score=m, **key), lambda _, m=m: shrunk(m)) for m in cfg.modes}
+    inits = {m: cached(entry("hetero", f"shrunk-{m}", score=m, **key), lambda _, m=m: shrunk(m),
+                       label=f"search and shrink ({m}) seed {seed}") for m in cfg.modes}
     searched.cache_clear()  # the (large) hypernetwork is not needed for training
 
     def train(mode: str, checkpoint) -> dict:
         init = inits[mode]
-        net = method.build_network(arch, init["counts"])
+        net = networks.build_network(arch, init["counts"])
         net.load_state_dict(init["state"])
         result = _train_and_measure(net, arch, init["counts"], data, recipe, checkpoint)
         return {**result, "network": "lw-dna", "score": mode, "seed": seed, "threshold": init["threshold"],
@@ -199,7 +223,8 @@ def lwdna(cfg: Config, data: Data, seed: int) -> list[dict]:
                 "trace": init["trace"], "search_loss": init["search_loss"]}
 
     return [cached(entry("hetero", f"lwdna-{m}", score=m, recipe=_recipe_key(recipe), **key),
-                   lambda checkpoint, m=m: train(m, checkpoint)) for m in cfg.modes]
+                   lambda checkpoint, m=m: train(m, checkpoint), label=f"train lw-dna ({m}) seed {seed}")
+            for m in cfg.modes]
 
 
 @dataclasses.dataclass
@@ -213,8 +238,8 @@ class Experiment:
     config: HeteroConfig
 
 
-RUN_COLUMNS = ["network", "score", "seed", "val_acc", "train_acc", "flops", "flops_analytic", "params",
-               "params_analytic", "search_ratio", "reached"]
+RUN_COLUMNS = ["network", "score", "seed", "val_acc", "train_acc", "flops", "flops_hh", "flops_dhp", "flops_analytic",
+               "params", "params_analytic", "search_ratio", "reached"]
 
 
 def experiment(cfg: Config, data: Data) -> Experiment:
@@ -230,13 +255,12 @@ def experiment(cfg: Config, data: Data) -> Experiment:
 
 def step(P: dict) -> None:
     """The notebook's heavy step (`python -m netanatomy run heterogeneity`): train and cache every run,
-    then (rank 0) print the accuracy table and whether the hypothesis held per scoring mode."""
+    then (rank 0) print the accuracy table and the verdicts."""
     cfg = Config.from_params(P)
     exp = experiment(cfg, load_data(cfg))
     if _rank() == 0:
-        acc = accuracy_table(exp)
-        print(acc.to_string(index=False))
-        print(f"hypothesis held (LW-DNA more accurate at fewer FLOPs), per scoring mode: {held(acc)}")
+        print(accuracy_table(exp).to_string(index=False))
+        print(verdicts(exp.runs).to_string(index=False))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -247,38 +271,43 @@ def layer_channels(arch: Arch, counts: dict[str, int] | None = None) -> pd.DataF
 
 
 def complexity_table(exp: Experiment) -> pd.DataFrame:
-    """FLOPs and params of baseline, widened and each LW-DNA (seed-mean), flop_counter vs analytic."""
+    """FLOPs and params of baseline, widened and each LW-DNA (seed-mean) under every convention: `MFLOPs`
+    (torch.utils.flop_counter, 2 per multiply-add), `MFLOPs_hh` and `MFLOPs_dhp` (upstream's counters),
+    `MFLOPs_analytic` (torch convention from the channel counts), and the ratio to the widened network
+    under each convention (`ratio_hh` equals the torch ratio; the search targets `ratio_<search convention>`)."""
     rows = []
     for name, arch in (("baseline", exp.baseline_arch), ("widened", exp.widened_arch)):
-        net = method.build_network(arch)
-        rows.append({"network": name, "score": "-",
-                     "MFLOPs": stats.count_flops(net, (1, 3, arch.input_size, arch.input_size)) / 1e6,
-                     "MFLOPs_analytic": method.analytic_flops(arch) / 1e6, "params_k": stats.count_params(net) / 1e3,
-                     "params_k_analytic": method.analytic_params(arch) / 1e3})
+        net = networks.build_network(arch)
+        rows.append({"network": name, "score": "-", **flops_counts(net, arch, arch.vectors),
+                     "params": stats.count_params(net), "params_analytic": networks.analytic_params(arch)})
     lw = exp.runs[exp.runs["network"] == "lw-dna"]
+    columns = ["flops", "flops_hh", "flops_dhp", "flops_analytic", "params", "params_analytic"]
     for mode, g in lw.groupby("score", sort=False):
-        rows.append({"network": "lw-dna", "score": mode, "MFLOPs": g["flops"].mean() / 1e6,
-                     "MFLOPs_analytic": g["flops_analytic"].mean() / 1e6, "params_k": g["params"].mean() / 1e3,
-                     "params_k_analytic": g["params_analytic"].mean() / 1e3})
+        rows.append({"network": "lw-dna", "score": mode, **g[columns].mean().to_dict()})
     df = pd.DataFrame(rows)
-    widened = df.loc[df["network"] == "widened", "MFLOPs"].iloc[0]
-    base = df.loc[df["network"] == "baseline", "MFLOPs"].iloc[0]
-    df["ratio_to_widened"] = df["MFLOPs"] / widened
-    df["ratio_to_baseline"] = df["MFLOPs"] / base
-    return df
+    widened = df[df["network"] == "widened"].iloc[0]
+    out = df[["network", "score"]].copy()
+    for col, name in (("flops", "MFLOPs"), ("flops_hh", "MFLOPs_hh"), ("flops_dhp", "MFLOPs_dhp"),
+                      ("flops_analytic", "MFLOPs_analytic")):
+        out[name] = df[col] / 1e6
+    out["params_k"], out["params_k_analytic"] = df["params"] / 1e3, df["params_analytic"] / 1e3
+    for c in networks.SEARCH_CONVENTIONS:
+        out[f"ratio_{c}"] = df[f"flops_{c}"] / widened[f"flops_{c}"]
+    out["ratio_to_baseline"] = df["flops"] / df["flops"].iloc[0]
+    return out
 
 
 def accuracy_table(exp: Experiment) -> pd.DataFrame:
-    """Validation accuracy (%) mean and std over seeds, FLOPs and params, per network and scoring mode."""
-    r = exp.runs.copy()
-    r["acc"] = 100 * r["val_acc"]
-    g = r.groupby(["network", "score"], sort=False)
-    out = g.agg(acc_mean=("acc", "mean"), acc_std=("acc", "std"), n_seeds=("seed", "count"),
-                MFLOPs=("flops", "mean"), params_k=("params", "mean")).reset_index()
-    out["MFLOPs"] /= 1e6
-    out["params_k"] /= 1e3
-    out["acc_std"] = out["acc_std"].fillna(0.0)
-    return out
+    """Per network and scoring mode: validation accuracy (%) mean over seeds with its 95 % interval
+    (Student t; NaN with one seed), MFLOPs (torch convention) and params."""
+    rows = []
+    for (network, score), g in exp.runs.groupby(["network", "score"], sort=False):
+        acc = 100 * g["val_acc"].to_numpy()
+        iv = stats.mean_interval(acc) if len(acc) >= 2 else None
+        rows.append({"network": network, "score": score, "n_seeds": len(acc), "acc_mean": acc.mean(),
+                     "acc_low": iv.low if iv else float("nan"), "acc_high": iv.high if iv else float("nan"),
+                     "MFLOPs": g["flops"].mean() / 1e6, "params_k": g["params"].mean() / 1e3})
+    return pd.DataFrame(rows)
 
 
 def _first_seed_lwdna(exp: Experiment, seed: int | None) -> list[dict]:
@@ -301,26 +330,44 @@ def search_traces(exp: Experiment, seed: int | None = None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def versus_baseline(acc: pd.DataFrame) -> pd.DataFrame:
-    """Per scoring mode, the LW-DNA against the baseline (from `accuracy_table`): accuracy difference in
-    points, the seed spread of that difference (sqrt of the summed variances; no estimate when either
-    has one seed), whether its FLOPs are lower, and whether the hypothesis held (more accurate at
-    fewer FLOPs)."""
-    base = acc[acc["network"] == "baseline"].iloc[0]
-    rows = []
-    for _, row in acc[acc["network"] == "lw-dna"].iterrows():
-        diff = row["acc_mean"] - base["acc_mean"]
-        fewer = bool(row["MFLOPs"] < base["MFLOPs"])
-        rows.append({"score": row["score"], "acc_mean": row["acc_mean"], "acc_std": row["acc_std"],
-                     "MFLOPs": row["MFLOPs"], "base_acc_mean": base["acc_mean"], "base_acc_std": base["acc_std"],
-                     "base_MFLOPs": base["MFLOPs"], "diff": diff,
-                     "spread": math.sqrt(row["acc_std"] ** 2 + base["acc_std"] ** 2),
-                     "one_seed": bool(row["n_seeds"] < 2 or base["n_seeds"] < 2),
-                     "fewer_flops": fewer, "held": bool(diff > 0 and fewer)})
+# ----------------------------------------------------------------------------- verdicts
+def _arm(runs: pd.DataFrame, network: str, score: str) -> pd.DataFrame:
+    return runs[(runs["network"] == network) & (runs["score"] == score)].set_index("seed")
+
+
+def compare(runs: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], need_fewer_flops: bool) -> dict:
+    """Arm `a` against arm `b` (each a (network, score) pair of `runs`), paired by seed: the mean accuracy
+    difference a - b in points with its 95 % interval (`stats.paired_interval`), the per-seed differences,
+    the FLOPs ratio a / b, and the verdict on "a is more accurate than b" (with `need_fewer_flops`: "... at
+    fewer FLOPs in every seed"): "held" when the whole interval lies above 0, "did not hold" when it lies
+    at or below 0 or the FLOPs are not fewer, else "inconclusive" (so too with fewer than 2 paired seeds)."""
+    A, B = _arm(runs, *a), _arm(runs, *b)
+    seeds = sorted(set(A.index) & set(B.index))
+    acc_a, acc_b = 100 * A.loc[seeds, "val_acc"].to_numpy(), 100 * B.loc[seeds, "val_acc"].to_numpy()
+    diffs = acc_a - acc_b
+    cheaper = bool((A.loc[seeds, "flops"].to_numpy() < B.loc[seeds, "flops"].to_numpy()).all())
+    iv = stats.paired_interval(acc_a, acc_b) if len(seeds) >= 2 else None
+    if iv is None:
+        verdict = stats.INCONCLUSIVE
+    elif need_fewer_flops and not cheaper:
+        verdict = stats.NOT_HELD
+    else:
+        verdict = iv.verdict(above=0.0)
+    name = lambda arm: arm[0] if arm[1] == "-" else f"{arm[0]} ({arm[1]})"  # noqa: E731
+    return {"comparison": f"{name(a)} - {name(b)}", "n_seeds": len(seeds),
+            "diff": float(diffs.mean()) if seeds else np.nan,
+            "low": iv.low if iv else np.nan, "high": iv.high if iv else np.nan,
+            "seed_diffs": [round(float(d), 4) for d in diffs],
+            "flops_ratio": float(A.loc[seeds, "flops"].mean() / B.loc[seeds, "flops"].mean()) if seeds else np.nan,
+            "fewer_flops": cheaper if need_fewer_flops else None, "verdict": verdict}
+
+
+def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
+    """The hypothesis per scoring mode (LW-DNA more accurate than the baseline at fewer FLOPs, paired by
+    seed) and, when random scores ran, the control: each other mode's LW-DNA against the random one."""
+    modes = [m for m in runs.loc[runs["network"] == "lw-dna", "score"].unique()]
+    rows = [compare(runs, ("lw-dna", m), ("baseline", "-"), need_fewer_flops=True) for m in modes]
+    if "random" in modes:
+        rows += [compare(runs, ("lw-dna", m), ("lw-dna", "random"), need_fewer_flops=False)
+                 for m in modes if m != "random"]
     return pd.DataFrame(rows)
-
-
-def held(acc: pd.DataFrame) -> dict[str, bool]:
-    """Scoring mode -> whether its LW-DNA beat the baseline at lower FLOPs."""
-    return {row.score: bool(row.held) for row in versus_baseline(acc).itertuples()}
-

@@ -83,17 +83,16 @@ def describe_sweep(sweep: pd.DataFrame, classes: Sequence[int]) -> str:
 
 # ============================================================================ nad_hitrate
 def plot_hit_curves(summary: pd.DataFrame, chance: float = 0.25):
-    """Hit rate per gated layer (mean with a std band over mosaics), one panel per model."""
+    """Hit rate per gated layer (mean with its 95 % interval over mosaics), one panel per model."""
     models = list(dict.fromkeys(summary["model"]))
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.8), squeeze=False, sharey=True)
-    colors = {"learned": "tab:blue"}
     for ax, model in zip(axes[0], models):
         sub = summary[summary["model"] == model]
         for paths, grp in sub.groupby("paths", sort=False):
             grp = grp.sort_values("layer_index")
-            c = colors.get(paths, "tab:gray")
+            c = "tab:blue" if paths == "learned" else "tab:gray"
             ax.plot(grp["layer_index"], grp["mean"], marker="o", color=c, label=f"{paths} paths")
-            ax.fill_between(grp["layer_index"], grp["mean"] - grp["std"], grp["mean"] + grp["std"], color=c, alpha=0.2)
+            ax.fill_between(grp["layer_index"], grp["ci low"], grp["ci high"], color=c, alpha=0.25)
         ax.axhline(chance, color="red", ls="--", lw=1, label=f"chance ({chance})")
         ax.set_xticks(sorted(sub["layer_index"].unique()))
         ax.set_xlabel("gated layer (1 = shallowest)")
@@ -101,7 +100,8 @@ def plot_hit_curves(summary: pd.DataFrame, chance: float = 0.25):
         ax.set_ylim(0, 1)
         ax.set_title(model)
         ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle("Share of the top activation pixels inside the quadrant of the path's class (mean ± std over mosaics)")
+    fig.suptitle("Share of the top activation pixels inside the quadrant of the path's class "
+                 "(mean and 95 % interval over mosaics)")
     fig.tight_layout()
     return fig
 
@@ -152,18 +152,18 @@ def plot_mosaic_maps(example: dict):
     return fig
 
 
-def describe_hits(deep: pd.DataFrame, summary: pd.DataFrame) -> str:
-    """A sentence with the deep-layer hit rates of learned versus random paths, per model."""
+def _verdict_text(row) -> str:
+    return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}] over {row['n']} {row['unit']}: **{row['verdict']}**"
+
+
+def describe_hits(verdicts: pd.DataFrame, n_deep: int) -> str:
+    """The verdicts of nad_hitrate (`run.hit_verdicts`), per model, in one paragraph."""
     parts = []
-    for m, row in deep.iterrows():
-        learned = row.get("learned", float("nan"))
-        rand = row.get("random (same keep fraction)", float("nan"))
-        best = summary[(summary["model"] == m) & (summary["paths"] == "learned")].sort_values("mean").iloc[-1]
-        verdict = "above" if learned > max(0.25, rand) else "NOT above"
-        parts.append(f"{m}: {learned:.3f} with learned paths vs {rand:.3f} with random paths ({verdict} both "
-                     f"the random control and chance 0.25; best layer {best['layer']} {best['mean']:.3f})")
-    n = int(summary["n_mosaics"].iloc[0])
-    return (f"**2x2 hit rate of the two deepest gated layers** ({n} mosaics): " + "; ".join(parts) + ".")
+    for model, grp in verdicts.groupby("model", sort=False):
+        claims = "; ".join(f"{row['claim']}: {_verdict_text(row)}" for _, row in grp.iterrows())
+        parts.append(f"{model}: {claims}")
+    return (f"**2x2 hit rate of the {n_deep} deepest gated layers, 95 % intervals** (mosaics: new images for "
+            f"these paths; search seeds: the search itself): " + " | ".join(parts) + ".")
 
 
 # ============================================================================ nad_subarch
@@ -178,14 +178,14 @@ def plot_similarity(sim: pd.DataFrame):
 
 
 def describe_agreement(agree: pd.DataFrame, k: int = 3) -> str:
-    """Our agreement score of the learned paths against random paths and chance, in one sentence."""
-    r = agree.loc["mistaken_in_topk"]
-    o = agree.loc["overlap_at_k"]
-    return (f"**Agreement score (ours):** the class each class is most often mistaken for is among its {k} most "
-            f"similar sub-architectures for {r['learned paths']:.0%} of the classes (random paths "
-            f"{r['random paths (mean)']:.0%} ± {r['random paths (std)']:.0%}, chance {r['chance']:.0%}); "
-            f"overlap of the top-{k} wrong classes with the top-{k} similar: {o['learned paths']:.2f} "
-            f"(random {o['random paths (mean)']:.2f}).")
+    """Our agreement score (`run.agreement_table`) against random paths and chance, with its verdicts."""
+    first = agree.iloc[0]
+    lines = [f"**Agreement score (ours):** the class each class is most often mistaken for is among its {k} most "
+             f"similar sub-architectures for {first['learned paths']:.0%} of the classes (random paths "
+             f"{first['random paths']:.0%}, chance {first['chance']:.0%})."]
+    for _, row in agree.iterrows():
+        lines.append(f"{row['score']}, learned minus random (paired): {_verdict_text(row)}.")
+    return " ".join(lines)
 
 
 def _path_picture(result: PathResult, row: int, name: str) -> str:

@@ -16,9 +16,11 @@ class c is the binary gate ``logit > 0`` read after `path_epoch` epochs.
 Batched search. All requested classes are searched in one pass: each image carries its own class's
 gates (per-sample gates of shape (N, C)), the loss is the sum of the per-class losses (each exactly
 the one-class loss above, so gradients do not mix), and the per-class, per-layer normalised step is
-applied to every class at once. Each class draws its images, crops and flips from its own generator
-seeded with ``seed + class index``, so a class's path does not depend on which other classes ran,
-and the batched search equals the one-class loop on identical batches.
+applied to every class at once. Each class draws its logit init, images, crops and flips from its own
+generator, seeded from ``(seed, class index)`` (`class_seed`), so a class's path does not depend on
+which other classes ran, two seeds never share a stream, and the batched search equals the one-class
+loop on identical batches. The search runs in fp32; ``amp=True`` asks for bf16 autocast (the path is
+the sign of a logit, so bf16 can flip gates: `benchmarks/nad_search.py --precision` measures how many).
 
 Activation maps (`activation_maps`). Forward with a class's hard path, sum the gated layer's output
 over channels, min-max normalise per image, resize to the input size (bicubic); the top
@@ -26,9 +28,17 @@ over channels, min-max normalise per image, resize to the input size (bicubic); 
 W) largest pixels, with pixels tied at the k-th value sharing the remaining weight equally (so a
 constant map, e.g. an empty path, gives every quadrant exactly the chance share 0.25 and never NaN).
 ``legacy=True`` reproduces upstream: the map is quantised to uint8, resized with PIL (bicubic), and
-the pixels strictly greater than the k-th largest value are kept, with k = int(mask_rate * tile
-area) (upstream counts k from one 224 x 224 tile also on the 448 x 448 mosaic); if no pixel is kept
-the shares are 0.25 each instead of upstream's NaN.
+the pixels strictly greater than the k-th largest value are kept, with k = int(mask_rate * H * W) of
+the map it thresholds (upstream's 224 x 224); if no pixel is kept the shares are 0.25 each instead of
+upstream's NaN.
+
+2x2 mosaics (`make_mosaics`, cam_2x2.py). Four validation images of four distinct classes, each
+resized to the tile size T (the input size), pasted into a 2T x 2T mosaic (TL, TR, BL, BR), which
+upstream then resizes to T x T before the forward pass (`preprocess_image`: RandomResizedCrop(224,
+scale=(1, 1)) takes the whole 448 x 448 mosaic, bilinear), so each quadrant is T/2 at the input and
+the map is counted on T x T. ``resize=False`` keeps the 2T x 2T mosaic (ours: each quadrant at the
+input size). The hit rate of a quadrant is the share of the selected pixels of its class's map that
+fall inside it; a mosaic's hit rate is the mean over its four quadrants.
 
 Sub-architecture similarity (`iou_matrix`, similarSubArch.py). The similarity of two classes is the
 IoU of their binary channel sets, averaged over the gated layers.
@@ -42,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from typing import Iterator, Mapping, Protocol, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,19 +67,21 @@ from ..config import RunConfig, boolean, either, integer, items, number, optiona
 from ..errors import DataError, ParamError, require
 from ..hooks import channel_gates, trace
 from ..runtime import autocast, pick_device
+from .images import UPSTREAM_CROP_SCALE, ImageSource
 
 #: beta per (dataset, model): the table in the header comment of upstream findpath.py
 #: (hujiecpp/NAD; its argparse default 0.05 is overridden per run).
 UPSTREAM_BETA: dict[tuple[str, str], float] = {
     ("imagenet", "vgg16"): 4.5, ("imagenet", "resnet50"): 0.02, ("imagenet", "densenet121"): 0.02,
+    ("imagenet", "darts"): 0.45,
     ("places365", "vgg16"): 5.0, ("places365", "resnet50"): 0.02, ("places365", "densenet121"): 0.02,
+    ("places365", "darts"): 0.20,
 }
-#: Upstream's other settings: findpath.py argparse defaults (lr, epoch, batch_size); tools/dataloader.py
-#: RandomResizedCrop(224, scale=(0.08, 1.25)) + RandomHorizontalFlip; cam_1x1.py / cam_2x2.py `--epoch 20`
+#: Upstream's other settings: findpath.py argparse defaults (lr, epoch, batch_size; the crop scale is in
+#: `images`); cam_1x1.py / cam_2x2.py `--epoch 20`
 #: (the path read after epoch 20); cam_1x1.py `--mask_rate 0.05`; cam_2x2.py main: mask_rate=0.1 on 100
-#: mosaics of 4 distinct classes, k counted from one 224 x 224 tile.
+#: mosaics of 4 distinct classes, each 448 x 448 mosaic resized to 224 x 224 and k counted on that map.
 UPSTREAM_LR, UPSTREAM_EPOCHS, UPSTREAM_BATCH_SIZE, UPSTREAM_PATH_EPOCH = 0.1, 21, 16, 20
-UPSTREAM_CROP_SCALE = (0.08, 1.25)
 UPSTREAM_CAM_MASK_RATE, UPSTREAM_MOSAIC_MASK_RATE, UPSTREAM_N_MOSAICS = 0.05, 0.1, 100
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -81,7 +93,7 @@ _CLASSES = either(optional(items(integer(0), unique=True)), integer(0),
 @dataclasses.dataclass
 class SearchConfig(RunConfig):
     """Settings of one path search (defaults are upstream's); `seed`, `device` and `progress` come from
-    RunConfig (class c uses generator seed + c for its init, order, crops and flips)."""
+    RunConfig (class c draws its init, order, crops and flips from a generator seeded by `class_seed`)."""
 
     beta: float = param(4.5, number(0), "weight of the path-size regulariser")
     lr: float = param(UPSTREAM_LR, number(0, lo_open=True), "length of every layer's normalised logit step")
@@ -95,7 +107,7 @@ class SearchConfig(RunConfig):
     crop_scale: tuple[float, float] = param(UPSTREAM_CROP_SCALE, items(number(0, lo_open=True), min_len=2),
                                             "RandomResizedCrop scale range")
     flip: bool = param(True, boolean(), "random horizontal flip")
-    amp: bool = param(True, boolean(), "bf16 autocast on CUDA (never on CPU)")
+    amp: bool = param(False, boolean(), "bf16 autocast of the search (False: fp32; the path is the sign of a logit)")
 
     def validate(self) -> None:
         if isinstance(self.classes, int):
@@ -110,8 +122,8 @@ class SearchConfig(RunConfig):
 
     def search_fields(self) -> dict:
         """The settings that decide the paths (result metadata, cache keys): SearchConfig's own fields
-        but device, progress, amp and scale (a config extending this one adds none)."""
-        own = {f.name for f in dataclasses.fields(SearchConfig)} - {"device", "progress", "amp", "scale"}
+        but device, progress and scale (a config extending this one adds none)."""
+        own = {f.name for f in dataclasses.fields(SearchConfig)} - {"device", "progress", "scale"}
         return {k: v for k, v in self.key().items() if k in own}
 
 
@@ -144,18 +156,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-# ============================================================================ the images a search reads
-class ImageSource(Protocol):
-    """How the search and the maps read images (`netanatomy.nad.run.Images` reads a data set's): `targets`
-    (every image's class); `tile(i, size)`: image i resized and normalised; `batch(indices, gen, size,
-    crop_scale, flip)`: images with upstream's training augmentation drawn from `gen`, normalised."""
-
-    targets: np.ndarray
-
-    def __len__(self) -> int: ...
-    def indices_of(self, c: int) -> np.ndarray: ...
-    def tile(self, i: int, size: int) -> torch.Tensor: ...
-    def batch(self, indices: np.ndarray, gen: torch.Generator, size: int, crop_scale, flip: bool) -> torch.Tensor: ...
+def class_seed(seed: int, c: int) -> int:
+    """The generator seed of class c in a search with `seed`: distinct for every (seed, class) pair."""
+    return int(np.random.SeedSequence((seed, c)).generate_state(1, np.uint64)[0] >> 1)
 
 
 class _ClassStream:
@@ -168,7 +171,7 @@ class _ClassStream:
             self.indices = self.indices[:cfg.images_per_class]
         if len(self.indices) == 0:
             raise DataError(f"class {c}", "has no training images", "at least one image per searched class")
-        self.gen = torch.Generator().manual_seed(cfg.seed + c)
+        self.gen = torch.Generator().manual_seed(class_seed(cfg.seed, c))
         self.init = {name: torch.randn(n, generator=self.gen) for name, n in channels.items()}
         self.order: list[np.ndarray] = []
 
@@ -197,7 +200,7 @@ def search_step(model: nn.Module, layers: Sequence[str], logits: Mapping[str, to
     L = len(layers)
     R = next(iter(logits.values())).shape[0]
     counts = torch.bincount(rows, minlength=R).float()
-    with torch.no_grad(), autocast(dev, amp), trace(model, layers, detach=True) as t0:
+    with torch.no_grad(), autocast(dev, amp, cpu=True), trace(model, layers, detach=True) as t0:
         orig_logits = model(x).float()
     orig = {name: t0[name].float() for name in layers}
     correct = orig_logits.argmax(1) == labels
@@ -207,7 +210,7 @@ def search_step(model: nn.Module, layers: Sequence[str], logits: Mapping[str, to
 
     leaves = {name: logits[name].detach().requires_grad_(True) for name in layers}
     gates = {name: torch.sigmoid(leaves[name])[rows] for name in layers}
-    with autocast(dev, amp), channel_gates(model, gates, capture=layers) as tg:
+    with autocast(dev, amp, cpu=True), channel_gates(model, gates, capture=layers) as tg:
         out = model(x).float()
     ce_i = F.cross_entropy(out, labels, reduction="none")
     w_ce = sample_active.float() / counts[rows].clamp_min(1)
@@ -399,11 +402,11 @@ def select_top(cam: torch.Tensor, mask_rate: float) -> torch.Tensor:
     return (above.float() + ties.float() * share).reshape(cam.shape)
 
 
-def legacy_select(cam01: torch.Tensor, size: tuple[int, int], mask_rate: float, ref_area: int) -> torch.Tensor:
+def legacy_select(cam01: torch.Tensor, size: tuple[int, int], mask_rate: float) -> torch.Tensor:
     """Upstream's rule (cam_2x2.py): uint8 quantisation, PIL bicubic resize to `size`, keep the pixels
-    strictly above the k-th largest, k = int(mask_rate * ref_area)."""
+    strictly above the k-th largest, k = int(mask_rate * H * W) of that resized map."""
     out = []
-    k = max(1, int(mask_rate * ref_area))
+    k = max(1, int(mask_rate * size[0] * size[1]))
     for m in cam01.cpu().numpy():
         q = np.uint8(m * 255)
         r = np.asarray(Image.fromarray(q).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8) / 255
@@ -461,7 +464,8 @@ def quadrant_shares(selection: torch.Tensor) -> torch.Tensor:
 # ============================================================================ mosaics and hit rates
 @dataclasses.dataclass
 class Mosaics:
-    """2x2 mosaics: images (M, 3, 2T, 2T) normalised, classes (M, 4) in TL, TR, BL, BR order, source indices."""
+    """2x2 mosaics: images (M, 3, S, S) normalised as the model sees them (S = tile, upstream's resize, or
+    2 x tile), classes (M, 4) in TL, TR, BL, BR order, source indices, tile size."""
 
     images: torch.Tensor
     classes: np.ndarray
@@ -470,9 +474,10 @@ class Mosaics:
 
 
 def make_mosaics(images: ImageSource, n: int = UPSTREAM_N_MOSAICS, tile: int = 64, seed: int = 0,
-                 classes: Sequence[int] | None = None) -> Mosaics:
+                 classes: Sequence[int] | None = None, resize: bool = True) -> Mosaics:
     """`n` mosaics of 4 distinct random classes (among `classes`), one random image per class, tiles
-    TL, TR, BL, BR at offsets (0,0), (0,T), (T,0), (T,T)."""
+    TL, TR, BL, BR at offsets (0,0), (0,T), (T,0), (T,T) of a 2T x 2T mosaic; with `resize` (upstream)
+    the mosaic is then resized to T x T (bilinear, antialiased) before the forward pass."""
     require(isinstance(n, int) and n >= 1, "n_mosaics", f"must be an integer >= 1, got {n!r}")
     pool = sorted(set(images.targets.tolist())) if classes is None else list(classes)
     require(len(pool) >= 4, "classes", f"2x2 mosaics need at least 4 classes, got {len(pool)}")
@@ -480,33 +485,34 @@ def make_mosaics(images: ImageSource, n: int = UPSTREAM_N_MOSAICS, tile: int = 6
     by_class = {c: images.indices_of(c) for c in pool}
     cls = np.zeros((n, 4), np.int64)
     idx = np.zeros((n, 4), np.int64)
-    out = None
+    out = []
     for m in range(n):
         cls[m] = rng.choice(pool, 4, replace=False)
+        tiles = []
         for q in range(4):
             idx[m, q] = rng.choice(by_class[int(cls[m, q])])
-            r, c = divmod(q, 2)
-            t = images.tile(int(idx[m, q]), tile)
-            if out is None:
-                out = torch.zeros(n, t.shape[0], 2 * tile, 2 * tile)
-            out[m, :, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = t
-    return Mosaics(out, cls, idx, tile)
+            tiles.append(images.tile(int(idx[m, q]), tile))
+        out.append(torch.cat([torch.cat(tiles[:2], 2), torch.cat(tiles[2:], 2)], 1))
+    mosaics = torch.stack(out)
+    if resize:
+        mosaics = F.interpolate(mosaics, size=(tile, tile), mode="bilinear", align_corners=False, antialias=True)
+    return Mosaics(mosaics, cls, idx, tile)
 
 
 def mosaic_selection(model: nn.Module, result: PathResult, x: torch.Tensor, rows: torch.Tensor, mask_rate: float,
-                     legacy: bool = False, tile: int | None = None, batch_size: int = 64) -> dict[str, torch.Tensor]:
+                     legacy: bool = False, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Top-pixel selections of images x (B, 3, H, W), image i gated by the path of result row rows[i]:
-    (B, H, W) per layer, exact (`select_top`) or upstream's rule (`legacy_select`, k from one tile)."""
+    (B, H, W) per layer, exact (`select_top`) or upstream's rule (`legacy_select`)."""
     gates = {name: v.float()[rows] for name, v in result.hard().items()}
     if legacy:
         raw = activation_maps(model, x, result.layers, gates, batch_size, resized=False)
-        return {n: legacy_select(v, tuple(x.shape[-2:]), mask_rate, tile * tile) for n, v in raw.items()}
+        return {n: legacy_select(v, tuple(x.shape[-2:]), mask_rate) for n, v in raw.items()}
     cams = activation_maps(model, x, result.layers, gates, batch_size)
     return {n: select_top(v, mask_rate) for n, v in cams.items()}
 
 
 def hit_rates(model: nn.Module, result: PathResult, mosaics: Mosaics, mask_rate: float = UPSTREAM_MOSAIC_MASK_RATE,
-              legacy: bool = False, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+              legacy: bool = False, batch_size: int = 128, progress: bool = True) -> pd.DataFrame:
     """Per gated layer: hit rate of each mosaic (mean over its 4 quadrants of the share of the top
     `mask_rate` pixels of the quadrant class's map inside that quadrant). Long table: layer, mosaic, hit."""
     require(0 < mask_rate <= 1, "mask_rate", f"must be in (0, 1], got {mask_rate}")
@@ -521,7 +527,7 @@ def hit_rates(model: nn.Module, result: PathResult, mosaics: Mosaics, mask_rate:
     chunk = max(4, batch_size - batch_size % 4)
     for s in tqdm(range(0, len(x_all), chunk), desc="NAD hit rates", disable=not progress, leave=False):
         sel = mosaic_selection(model, result, x_all[s:s + chunk], r_all[s:s + chunk], mask_rate, legacy,
-                               mosaics.tile, batch_size)
+                               batch_size)
         for name in result.layers:
             shares[name].append(quadrant_shares(sel[name]))
     records = []

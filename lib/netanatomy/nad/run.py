@@ -2,37 +2,44 @@
 
 - `Config` holds the parameters the three NAD notebooks share (the data and the search settings of
   `method.SearchConfig`); `FindPathConfig`, `HitRateConfig` and `SubArchConfig` add each notebook's own.
-- `Images` reads a data set's raw images for the search (upstream's augmentation) and the maps.
-- `find_paths` is the cached, resumable search on a subject (`netanatomy.cache.cached`); the other
-  functions build the notebooks' result tables.
+- `val_images` / `images.Images` read a data set's raw images for the search and the maps.
+- `find_paths` is the cached, resumable search on a subject (`netanatomy.cache.cached`), shared by the
+  three notebooks (same subject and search settings, same file); `seeded_paths` runs it for each search
+  seed. The other functions build the notebooks' result tables, and `hit_verdicts` / `agreement_table`
+  decide the claims by 95 % intervals (`netanatomy.stats`) over an honest unit of replication: the
+  mosaics (or classes) for one fixed search, the search seeds across searches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.transforms.functional import resize, resized_crop
 
 from ..cache import cached, entry
 from ..config import boolean, choice, integer, items, mapping, number, optional, param, text
-from ..data import DATASETS, raw_image
+from ..data import DATASETS
 from ..errors import ParamError, require
 from ..models import resolve_layers
 from ..runtime import weights_fingerprint
+from ..stats import mean_interval, paired_interval
 from ..subject import Subject, load_subject
 from ..train import predict
 from . import method
-from .method import (UPSTREAM_BETA, UPSTREAM_CAM_MASK_RATE, UPSTREAM_CROP_SCALE, UPSTREAM_MOSAIC_MASK_RATE,
-                     UPSTREAM_N_MOSAICS, PathResult, SearchConfig)
+from .images import Images
+from .method import (UPSTREAM_BETA, UPSTREAM_CAM_MASK_RATE, UPSTREAM_MOSAIC_MASK_RATE, UPSTREAM_N_MOSAICS,
+                     PathResult, SearchConfig)
 
 #: Betas of the built-in runs on the concept world (ours: upstream has none for these nets).
 BUILTIN_BETA: dict[str, float] = {"small_vgg": 0.1, "small_resnet": 0.1}
+#: The verdicts of nad_hitrate use the mean hit rate of each model's deepest gated layers (ours).
+DEEP_LAYERS = 2
+CHANCE = 0.25
+LEARNED, RANDOM = "learned", "random (same keep counts)"
 
 
 def beta_for(model: str, dataset: str, beta: float | None) -> float:
@@ -53,6 +60,15 @@ class Config(SearchConfig):
     dataset: str = param("concept_world", choice(*DATASETS), "concept_world (built-in), imagenet or places365")
     data_root: str | None = param(None, optional(text()), "real data: folder holding train/ and val/")
 
+    def searched(self, num_classes: int) -> list[int]:
+        """The classes searched on a data set of `num_classes` classes."""
+        return list(range(num_classes)) if self.classes is None else list(self.classes)
+
+    def check_data(self, num_classes: int) -> None:
+        """The checks that need the data's class count (run once the subject is loaded, before any search)."""
+        bad = [c for c in self.classes or [] if c >= num_classes]
+        require(not bad, "classes", f"class indices {bad} are out of range; the data set has {num_classes} classes")
+
 
 @dataclasses.dataclass
 class OneModelConfig(Config):
@@ -72,34 +88,67 @@ class FindPathConfig(OneModelConfig):
     sweep_betas: list[float] = param([0.02, 0.1, 1.0], items(number(0)), "betas of the path-size figure")
     sweep_classes: list[int] = param([0, 1, 2], items(integer(0), unique=True), "classes searched for that figure")
 
+    def check_data(self, num_classes: int) -> None:
+        super().check_data(num_classes)
+        bad = [c for c in self.sweep_classes if c >= num_classes]
+        require(not bad, "sweep_classes", f"class indices {bad} are out of range; the data set has {num_classes} classes")
+
 
 @dataclasses.dataclass
-class SubArchConfig(OneModelConfig):
+class SeedsConfig(Config):
+    """A run that repeats the search with several seeds (the unit of replication across searches)."""
+
+    search_seeds: int = param(1, integer(1, 50), "searches with seeds seed, seed + 1, ... (verdicts over seeds need 2)")
+    n_random: int = param(20, integer(1, 1000), "random-path draws per search seed (the control)")
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.search_seeds)]
+
+
+@dataclasses.dataclass
+class SubArchConfig(SeedsConfig, OneModelConfig):
     """nad_subarch: sub-architecture similarity and our agreement score."""
 
     top_k: int = param(3, integer(1), "nearest classes listed (upstream 3)")
-    n_random: int = param(20, integer(1), "random-path draws for the agreement baseline")
+
+    def check_data(self, num_classes: int) -> None:
+        super().check_data(num_classes)
+        k = len(self.searched(num_classes))
+        require(k >= 3, "classes", f"similar sub-architectures need at least 3 searched classes, got {k}")
+        require(self.top_k <= k - 2, "top_k", f"must be in [1, {k - 2}] with {k} searched classes (with {k - 1} "
+                                              f"every other class is among the top_k and agreement is trivially "
+                                              f"100 %), got {self.top_k}")
 
 
 @dataclasses.dataclass
-class HitRateConfig(Config):
+class HitRateConfig(SeedsConfig):
     """nad_hitrate: single-image maps and 2x2 hit rates of several classifiers."""
 
     beta: float | None = param(None, optional(number(0)), "None: per-model default (`beta_for`)")
     models: list[str] = param(["small_vgg", "small_resnet"], items(text(), unique=True), "architectures compared")
     weights: dict = param({}, mapping(text(), text()), "real data: {model: checkpoint}")
-    n_mosaics: int = param(UPSTREAM_N_MOSAICS, integer(1), "2x2 mosaics")
+    n_mosaics: int = param(UPSTREAM_N_MOSAICS, integer(2), "2x2 mosaics")
+    mosaic_input: str = param("resized", choice("resized", "full"),
+                              "resized: the 2T mosaic resized to T as upstream; full: fed at 2T (ours)")
     mask_rate: float = param(UPSTREAM_MOSAIC_MASK_RATE, number(0, 1, lo_open=True),
                              "share of top pixels counted on mosaics")
     cam_mask_rate: float = param(UPSTREAM_CAM_MASK_RATE, number(0, 1, lo_open=True),
                                  "share of top pixels shown on the single image")
     cam_class: int = param(0, integer(0), "class of the single-image example")
     legacy: bool = param(False, boolean(), "upstream's uint8 / strict '>' pixel selection")
+    n_random: int = param(1, integer(1, 1000), "random-path draws per search seed (the control)")
 
     def validate(self) -> None:
         super().validate()
         unknown = sorted(set(self.weights) - set(self.models))
         require(not unknown, "weights", f"names models that are not compared: {unknown}; models: {self.models}")
+
+    def check_data(self, num_classes: int) -> None:
+        super().check_data(num_classes)
+        searched = self.searched(num_classes)
+        require(len(searched) >= 4, "classes", f"2x2 mosaics need at least 4 searched classes, got {len(searched)}")
+        require(self.cam_class in searched, "cam_class",
+                f"must be a searched class index (0 to {num_classes - 1}, among classes), got {self.cam_class}")
 
     def weights_for(self, model: str) -> str | None:
         return self.weights.get(model)
@@ -110,128 +159,31 @@ class HitRateConfig(Config):
 
 
 def subject_for(cfg: OneModelConfig | HitRateConfig, model: str) -> Subject:
-    """The classifier `model` of a run with its data (`netanatomy.subject.load_subject`)."""
-    return load_subject(model, cfg.dataset, cfg.data_root, cfg.weights_for(model), cfg.scale, cfg.device,
-                        cfg.progress)
+    """The classifier `model` of a run with its data (`netanatomy.subject.load_subject`: real data without
+    weights is refused), the run's parameters checked against its classes before any search."""
+    subject = load_subject(model, cfg.dataset, cfg.data_root, cfg.weights_for(model), cfg.scale, cfg.device,
+                           cfg.progress)
+    cfg.check_data(len(subject.classes))
+    return subject
 
 
-# ============================================================================ images
-@dataclasses.dataclass
-class Images:
-    """A data set's images as NAD reads them one at a time (a `method.ImageSource`).
-
-    `load(i)` gives image i as a uint8 (3, H, W) tensor of raw pixels, normalised here with `mean` and
-    `std`, or as a float tensor taken as already normalised; `targets` holds every image's class.
-    """
-
-    targets: np.ndarray
-    load: Callable[[int], torch.Tensor]
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    @classmethod
-    def of_dataset(cls, ds, mean_std: tuple | None) -> "Images":
-        """The raw images of `ds` (`netanatomy.data.raw_image`), normalised with `mean_std` (None: not at all)."""
-        mean, std = mean_std if mean_std is not None else ((0.0,) * 3, (1.0,) * 3)
-        load = lambda i: torch.from_numpy(np.ascontiguousarray(raw_image(ds, i).transpose(2, 0, 1)))  # noqa: E731
-        return cls(_targets(ds), load, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
-
-    @classmethod
-    def of_tensors(cls, x: torch.Tensor, y: torch.Tensor) -> "Images":
-        """Already normalised float images x (N, 3, H, W) with labels y."""
-        return cls(y.cpu().numpy().astype(np.int64), lambda i: x[i], torch.zeros(3), torch.ones(3))
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def indices_of(self, c: int) -> np.ndarray:
-        return np.flatnonzero(self.targets == c)
-
-    def finish(self, img: torch.Tensor) -> torch.Tensor:
-        """uint8 -> normalised float; float images are taken as already normalised."""
-        if img.dtype == torch.uint8:
-            return (img.float().div_(255) - self.mean.view(3, 1, 1)) / self.std.view(3, 1, 1)
-        return img.float()
-
-    def tile(self, i: int, size: int) -> torch.Tensor:
-        """Image i resized to size x size (antialiased) and normalised."""
-        img = self.load(i)
-        if tuple(img.shape[-2:]) != (size, size):
-            img = resize(img, [size, size], antialias=True)
-        return self.finish(img)
-
-    def batch(self, indices: np.ndarray, gen: torch.Generator, size: int, crop_scale=UPSTREAM_CROP_SCALE,
-              flip: bool = True) -> torch.Tensor:
-        """Images `indices`, each augmented as upstream's training loader does (`augment`) and normalised."""
-        imgs = [augment(self.load(int(i)), gen, size, crop_scale, flip) for i in indices]
-        return torch.stack([self.finish(im) for im in imgs])
-
-    def display(self, x: torch.Tensor) -> torch.Tensor:
-        """A normalised (3, H, W) image back in [0, 1] for display."""
-        return (x * self.std.view(3, 1, 1) + self.mean.view(3, 1, 1)).clamp(0, 1)
-
-
-def _targets(ds) -> np.ndarray:
-    """Class index of every item of a dataset (targets / labels attribute, Subsets resolved)."""
-    if isinstance(ds, torch.utils.data.Subset):
-        return _targets(ds.dataset)[np.asarray(ds.indices)]
-    for attr in ("targets", "labels"):
-        if hasattr(ds, attr):
-            return np.asarray(getattr(ds, attr), dtype=np.int64)
-    return np.asarray([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
-
-
-def crop_params(gen: torch.Generator, height: int, width: int, scale=UPSTREAM_CROP_SCALE,
-                ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """torchvision RandomResizedCrop.get_params drawn from `gen` (top, left, height, width)."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=gen).item())
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            i = int(torch.randint(0, height - h + 1, (1,), generator=gen).item())
-            j = int(torch.randint(0, width - w + 1, (1,), generator=gen).item())
-            return i, j, h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def augment(img: torch.Tensor, gen: torch.Generator, size: int, scale=UPSTREAM_CROP_SCALE,
-            flip: bool = True) -> torch.Tensor:
-    """RandomResizedCrop(size, scale) + RandomHorizontalFlip on one (3, H, W) image, drawn from `gen`
-    (upstream tools/dataloader.py, with a per-class generator instead of the global one)."""
-    i, j, h, w = crop_params(gen, img.shape[-2], img.shape[-1], scale)
-    out = resized_crop(img, i, j, h, w, [size, size], antialias=True)
-    if flip and torch.rand(1, generator=gen).item() < 0.5:
-        out = out.flip(-1)
-    return out
-
-
+# ============================================================================ the search and its tables
 def val_images(subject: Subject) -> Images:
     return Images.of_dataset(subject.val_ds, subject.data.mean_std)
 
 
-# ============================================================================ the search and its tables
 def paths_entry(subject: Subject, cfg: SearchConfig, layers: Sequence[str]) -> Path:
     """Where the search of `subject` by `cfg` on `layers` is cached: keyed by the weights, the data, the
     layers and the search settings (so every notebook with the same search shares it)."""
-    return entry(("nad", "paths"), subject.name, method="nad-paths", version=2, layers=list(layers),
+    return entry(("nad", "paths"), subject.name, method="nad-paths", version=3, layers=list(layers),
                  weights=weights_fingerprint(subject.model), data=subject.data.key(), cfg=cfg.search_fields())
 
 
 def find_paths(subject: Subject, cfg: SearchConfig, layers: Sequence[str] | str = "nad",
                cache: bool = True) -> PathResult:
     """The NAD paths of `subject` by `cfg`: loaded when this exact search ran before (in any notebook),
-    else searched, resuming from the last finished epoch of an interrupted search."""
+    else searched, resuming from the last finished epoch of an interrupted search (a damaged result or
+    checkpoint file is set aside and searched again)."""
     names = resolve_layers(subject.model, subject.name, layers)
     path = paths_entry(subject, cfg, names) if cache else None
     images = Images.of_dataset(subject.train_ds, subject.data.mean_std)
@@ -241,7 +193,14 @@ def find_paths(subject: Subject, cfg: SearchConfig, layers: Sequence[str] | str 
         return method.search(subject.model, images, names, cfg, subject.input_size, subject.classes,
                              checkpoint=checkpoint, meta=meta)
 
-    return cached(path, compute, load=PathResult.from_dict, dump=PathResult.to_dict)
+    label = f"NAD search {subject.name} beta {cfg.beta:g} seed {cfg.seed}" + \
+        ("" if cfg.classes is None else f" classes {cfg.classes}")
+    return cached(path, compute, load=PathResult.from_dict, dump=PathResult.to_dict, label=label)
+
+
+def seeded_paths(subject: Subject, cfg: SeedsConfig) -> list[PathResult]:
+    """`find_paths` for each of the run's search seeds (the first is the run's `seed`)."""
+    return [find_paths(subject, cfg.replace(seed=s)) for s in cfg.seeds()]
 
 
 def sweep_betas(subject: Subject, cfg: SearchConfig, betas: Sequence[float], classes: Sequence[int] | None = None,
@@ -283,26 +242,55 @@ def path_summary(result: PathResult) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("class")
 
 
+def random_paths(result: PathResult, seed: int = 0) -> PathResult:
+    """A random-path control (ours): per class and layer, as many channels kept as the learned path keeps,
+    chosen at random."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = {}
+    for name, v in result.hard().items():
+        k = v.sum(1)
+        out = torch.full(v.shape, -1.0)
+        for r in range(v.shape[0]):
+            out[r, torch.randperm(v.shape[1], generator=gen)[:int(k[r])]] = 1.0
+        logits[name] = out
+    meta = dict(result.meta, control="random paths with the learned per-layer keep counts", control_seed=seed)
+    return PathResult(result.layers, result.classes, result.class_names, logits, logits, result.history, meta)
+
+
+def random_draws(result: PathResult, n: int) -> list[PathResult]:
+    """`n` random-path controls of a search: draw i uses seed 1000 * (search seed + 1) + i, so every
+    (search seed, draw) pair has its own."""
+    base = 1000 * (int(result.meta["config"]["seed"]) + 1)
+    return [random_paths(result, base + i) for i in range(n)]
+
+
+def interval_row(values, above: float, paired_with=None, **label) -> dict:
+    """One verdict row: the mean of `values` (minus `paired_with`, paired) with its 95 % interval and the
+    verdict 'held' / 'did not hold' / 'inconclusive' against `above`."""
+    iv = mean_interval(values) if paired_with is None else paired_interval(values, paired_with)
+    return {**label, "n": iv.n, "mean": iv.mean, "ci low": iv.low, "ci high": iv.high, "against": above,
+            "verdict": iv.verdict(above=above)}
+
+
 # ============================================================================ maps and hit rates (nad_hitrate)
-def subjects_and_paths(cfg: HitRateConfig) -> tuple[dict[str, Subject], dict[str, PathResult]]:
-    """For each of `cfg.models`: its subject and its paths (cached search, the model's beta by `beta_for`)."""
-    subjects, results = {}, {}
-    for m in cfg.models:
-        subjects[m] = subject_for(cfg, m)
-        results[m] = find_paths(subjects[m], cfg.search_for(m))
-    return subjects, results
+def subjects_and_paths(cfg: HitRateConfig) -> tuple[dict[str, Subject], dict[str, list[PathResult]]]:
+    """For each of `cfg.models`: its subject and its paths for every search seed (cached searches, the
+    model's beta by `beta_for`). Every subject is loaded (and the parameters checked) before any search."""
+    subjects = {m: subject_for(cfg, m) for m in cfg.models}
+    return subjects, {m: seeded_paths(S, cfg.search_for(m)) for m, S in subjects.items()}
 
 
-def models_overview(subjects: Mapping[str, Subject], results: Mapping[str, PathResult]) -> pd.DataFrame:
-    """One row per model: accuracy, gated layers, channels, kept fraction, beta, search time."""
+def models_overview(subjects: Mapping[str, Subject], results: Mapping[str, list[PathResult]]) -> pd.DataFrame:
+    """One row per model: accuracy, gated layers, channels, kept fraction (first seed), beta, search time."""
     rows = []
     for m, S in subjects.items():
-        R = results[m]
+        R = results[m][0]
         hard = R.hard()
         rows.append({"model": m, "dataset": S.dataset, "val_acc": S.val_acc, "gated layers": len(R.layers),
                      "gated channels": sum(v.shape[1] for v in hard.values()),
                      "kept fraction": sum(int(v.sum()) for v in hard.values()) / sum(v.numel() for v in hard.values()),
-                     "beta": R.meta["config"]["beta"], "search seconds": round(R.meta.get("seconds", float("nan")), 1)})
+                     "beta": R.meta["config"]["beta"], "search seeds": len(results[m]),
+                     "search seconds (all seeds)": round(sum(r.meta.get("seconds", float("nan")) for r in results[m]), 1)})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -322,75 +310,107 @@ def single_image(subject: Subject, result: PathResult, cfg: HitRateConfig, index
             "original_cam": {n: v[0] for n, v in original.items()}}
 
 
-def random_paths(result: PathResult, seed: int = 0) -> PathResult:
-    """A random-path control (ours): per class and layer, as many channels kept as the learned path keeps,
-    chosen at random."""
-    gen = torch.Generator().manual_seed(seed)
-    logits = {}
-    for name, v in result.hard().items():
-        k = v.sum(1)
-        out = torch.full(v.shape, -1.0)
-        for r in range(v.shape[0]):
-            out[r, torch.randperm(v.shape[1], generator=gen)[:int(k[r])]] = 1.0
-        logits[name] = out
-    meta = dict(result.meta, control="random paths with the learned per-layer keep counts", control_seed=seed)
-    return PathResult(result.layers, result.classes, result.class_names, logits, logits, result.history, meta)
+def mosaics_of(subject: Subject, result: PathResult, cfg: HitRateConfig) -> method.Mosaics:
+    """The run's mosaics of validation images (seeded by `cfg.seed`, the same for every model)."""
+    return method.make_mosaics(val_images(subject), cfg.n_mosaics, subject.input_size, cfg.seed,
+                               classes=result.classes, resize=cfg.mosaic_input == "resized")
 
 
-def hit_rate_study(subject: Subject, result: PathResult, n_mosaics: int = 100, mask_rate: float = 0.1,
-                   legacy: bool = False, seed: int = 0, n_random: int = 1, progress: bool = True) -> pd.DataFrame:
-    """2x2 hit rates per layer of the learned paths and of random-path controls (same per-layer keep
-    counts), on `n_mosaics` mosaics of validation images. Long table: model, paths, layer, mosaic, hit."""
-    mos = method.make_mosaics(val_images(subject), n_mosaics, subject.input_size, seed, classes=result.classes)
-    parts = [method.hit_rates(subject.model, result, mos, mask_rate, legacy, progress=progress).assign(paths="learned")]
-    for i in range(n_random):
-        ctrl = random_paths(result, seed=seed + 1000 + i)
-        parts.append(method.hit_rates(subject.model, ctrl, mos, mask_rate, legacy, progress=progress)
-                     .assign(paths="random (same keep fraction)"))
+def hit_rate_study(subject: Subject, results: Sequence[PathResult], cfg: HitRateConfig) -> pd.DataFrame:
+    """2x2 hit rates per layer and mosaic of the learned paths of every search seed and of `cfg.n_random`
+    random-path controls per seed (same per-layer keep counts). Long table: model, search seed, paths,
+    draw, layer, layer_index, mosaic, hit."""
+    mos = mosaics_of(subject, results[0], cfg)
+    hits = lambda res: method.hit_rates(subject.model, res, mos, cfg.mask_rate, cfg.legacy,  # noqa: E731
+                                        progress=cfg.progress)
+    parts = []
+    for res in results:
+        seed = int(res.meta["config"]["seed"])
+        parts.append(hits(res).assign(paths=LEARNED, draw=0, search_seed=seed))
+        parts += [hits(ctrl).assign(paths=RANDOM, draw=i, search_seed=seed)
+                  for i, ctrl in enumerate(random_draws(res, cfg.n_random))]
     out = pd.concat(parts, ignore_index=True)
     out.insert(0, "model", subject.name)
     return out
 
 
-def compare_hit_rates(subjects: Mapping[str, Subject], results: Mapping[str, PathResult],
+def compare_hit_rates(subjects: Mapping[str, Subject], results: Mapping[str, list[PathResult]],
                       cfg: HitRateConfig) -> pd.DataFrame:
     """`hit_rate_study` for every model on the same mosaics (same seed); one long table."""
-    return pd.concat([hit_rate_study(S, results[m], cfg.n_mosaics, cfg.mask_rate, cfg.legacy, cfg.seed,
-                                     progress=cfg.progress) for m, S in subjects.items()], ignore_index=True)
+    return pd.concat([hit_rate_study(S, results[m], cfg) for m, S in subjects.items()], ignore_index=True)
+
+
+def _per_mosaic(long: pd.DataFrame) -> pd.DataFrame:
+    """Hit rate per model, paths, layer and mosaic, averaged over search seeds and random draws."""
+    return long.groupby(["model", "paths", "layer_index", "layer", "mosaic"], sort=True)["hit"].mean().reset_index()
 
 
 def hit_summary(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over mosaics per model, paths and layer (std over mosaics, ddof 0 as upstream's numpy)."""
-    g = long.groupby(["model", "paths", "layer_index", "layer"], sort=True)["hit"]
+    """Per model, paths and layer: mean, std over mosaics (upstream's statistic, ddof 0 as its numpy) and the
+    95 % interval over mosaics (ours); each mosaic's hit averaged over search seeds and random draws."""
+    g = _per_mosaic(long).groupby(["model", "paths", "layer_index", "layer"], sort=True)["hit"]
     out = g.mean().rename("mean").to_frame()
     out["std"] = g.std(ddof=0)
+    ivs = g.apply(lambda v: mean_interval(v.to_numpy()))
+    out["ci low"], out["ci high"] = [iv.low for iv in ivs], [iv.high for iv in ivs]
     out["n_mosaics"] = g.size()
     return out.reset_index()
 
 
-def deep_layer_hits(summary: pd.DataFrame, n_deep: int = 2) -> pd.DataFrame:
-    """Mean hit rate over each model's last `n_deep` gated layers, learned vs random paths."""
+def _deep(long: pd.DataFrame, by: Sequence[str], n_deep: int = DEEP_LAYERS) -> pd.DataFrame:
+    """Mean hit rate of each model's `n_deep` deepest gated layers, per model, paths and `by`."""
+    last = long.groupby("model")["layer_index"].transform("max")
+    deep = long[long["layer_index"] > last - n_deep]
+    return deep.groupby(["model", "paths", *by], sort=True)["hit"].mean().unstack("paths")
+
+
+def hit_verdicts(long: pd.DataFrame, n_deep: int = DEEP_LAYERS) -> pd.DataFrame:
+    """The claims of nad_hitrate per model, on the mean hit rate of the deepest `n_deep` gated layers:
+    learned paths above chance (0.25) and above random paths of the same keep counts (paired). Unit of
+    replication: the mosaics (the paths of all search seeds averaged per mosaic: the question is these
+    searches' paths on new images) and, with two or more search seeds, the seeds (the question is the
+    search itself: each seed's mean over the mosaics)."""
     rows = []
-    for (model, paths), grp in summary.groupby(["model", "paths"], sort=False):
-        deep = grp.sort_values("layer_index").tail(n_deep)
-        rows.append({"model": model, "paths": paths, "layers": ", ".join(deep["layer"]),
-                     "mean hit rate": float(deep["mean"].mean())})
-    return pd.DataFrame(rows).pivot(index="model", columns="paths", values="mean hit rate")
+    for unit, by in (("mosaics", "mosaic"), ("search seeds", "search_seed")):
+        deep = _deep(long, [by], n_deep)
+        for model, grp in deep.groupby(level="model", sort=False):
+            if len(grp) < 2:
+                continue
+            rows.append(interval_row(grp[LEARNED], CHANCE, model=model, claim="learned paths above chance",
+                                     unit=unit))
+            rows.append(interval_row(grp[LEARNED], 0.0, grp[RANDOM], model=model, unit=unit,
+                                     claim="learned minus random paths above 0"))
+    return pd.DataFrame(rows)
 
 
-def mosaic_example(subject: Subject, result: PathResult, mosaic_index: int = 0, n_mosaics: int = 100,
-                   seed: int = 0, mask_rate: float = 0.1, layer: str | None = None) -> dict:
+def upstream_summary(long: pd.DataFrame, n_deep: int = DEEP_LAYERS) -> pd.DataFrame:
+    """Upstream's summary beside ours, learned paths: cam_2x2.py `test()` prints the mean hit rate over the
+    mosaics of the last, second-to-last and third-to-last gated layer; ours is the mean over the `n_deep`
+    deepest layers with its 95 % interval over mosaics."""
+    per = _per_mosaic(long[long["paths"] == LEARNED])
+    rows = []
+    for model, grp in per.groupby("model", sort=False):
+        by_layer = grp.groupby("layer_index")["hit"].mean().sort_index()
+        deep = _deep(long[long["model"] == model], ["mosaic"], n_deep)[LEARNED]
+        iv = mean_interval(deep.to_numpy())
+        rows.append({"model": model, **{f"upstream test(): layer -{i + 1}": float(by_layer.iloc[-1 - i])
+                                        for i in range(min(3, len(by_layer)))},
+                     f"ours: mean of the {n_deep} deepest": iv.mean, "ours: ci low": iv.low, "ours: ci high": iv.high})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def mosaic_example(subject: Subject, result: PathResult, cfg: HitRateConfig, mosaic_index: int = 0,
+                   layer: str | None = None) -> dict:
     """One mosaic of `hit_rate_study` with each quadrant class's map and top pixels at `layer` (the deepest)."""
-    images = val_images(subject)
-    mos = method.make_mosaics(images, n_mosaics, subject.input_size, seed, classes=result.classes)
+    mos = mosaics_of(subject, result, cfg)
     layer = layer or result.layers[-1]
     x = mos.images[mosaic_index:mosaic_index + 1].repeat(4, 1, 1, 1)
     classes = [int(c) for c in mos.classes[mosaic_index]]
     gates = {n: torch.stack([result.path(c)[n] for c in classes]) for n in result.layers}
     cams = method.activation_maps(subject.model, x, [layer], gates)[layer]
-    sel = method.select_top(cams, mask_rate)
-    return {"image": images.display(x[0]), "cams": cams, "selection": sel, "layer": layer, "mask_rate": mask_rate,
-            "hits": [float(method.quadrant_shares(sel[q:q + 1])[0, q]) for q in range(4)],
+    sel = method.select_top(cams, cfg.mask_rate)
+    return {"image": val_images(subject).display(x[0]), "cams": cams, "selection": sel, "layer": layer,
+            "mask_rate": cfg.mask_rate, "hits": [float(method.quadrant_shares(sel[q:q + 1])[0, q]) for q in range(4)],
             "classes": [result.class_names[c] for c in classes], "model": subject.name}
 
 
@@ -403,19 +423,22 @@ def class_probabilities(subject: Subject, progress: bool = True) -> tuple[np.nda
 
 
 def confusion_neighbours(probs: np.ndarray, labels: np.ndarray, classes: Sequence[int], k: int = 3) -> dict:
-    """Per class: top-k predictions (mean softmax over its images), top-k wrong classes, most-mistaken class."""
+    """Per class: top-k predictions (ours: mean softmax over its images; upstream: of its first validation
+    image), top-k wrong classes, most-mistaken class."""
     out = {}
     preds = probs.argmax(1)
     for c in classes:
         sel = labels == c
         mean = probs[sel].mean(0) if sel.any() else np.zeros(probs.shape[1])
+        first = probs[np.flatnonzero(sel)[0]] if sel.any() else mean
         top = [int(j) for j in np.argsort(-mean, kind="stable")[:k]]
         wrong = [int(j) for j in np.argsort(-mean, kind="stable") if j != c and j in classes][:k]
         counts = np.bincount(preds[sel], minlength=probs.shape[1]).astype(float)
         counts[c] = -1
         counts[[j for j in range(probs.shape[1]) if j not in classes]] = -1
         mistaken = int(np.argmax(counts)) if counts.max() > 0 else wrong[0]
-        out[c] = {"top": top, "wrong": wrong, "mistaken": mistaken}
+        out[c] = {"top": top, "first_top": [int(j) for j in np.argsort(-first, kind="stable")[:k]],
+                  "wrong": wrong, "mistaken": mistaken}
     return out
 
 
@@ -434,42 +457,52 @@ def similar_names(result: PathResult, k: int) -> list[list[str]]:
 
 
 def top3_table(result: PathResult, neighbours: dict, k: int = 3) -> pd.DataFrame:
-    """Each class's top-k most similar sub-architectures beside the classifier's top-k predictions."""
+    """Each class's top-k most similar sub-architectures beside the classifier's top-k predictions: upstream's
+    (similarSubArch.py: its first validation image) and ours (mean softmax over its validation images)."""
     names = result.class_names
     rows = []
     for c, similar in zip(result.classes, similar_names(result, k)):
         row = {"class": names[c], **{f"similar {i + 1}": s for i, s in enumerate(similar)}}
-        row.update({f"predicted {i + 1}": names[j] for i, j in enumerate(neighbours[c]["top"][:k])})
+        row.update({f"upstream: predicted {i + 1}": names[j] for i, j in enumerate(neighbours[c]["first_top"][:k])})
+        row.update({f"ours: predicted {i + 1}": names[j] for i, j in enumerate(neighbours[c]["top"][:k])})
         rows.append(row)
     return pd.DataFrame(rows).set_index("class")
 
 
-def agreement(result: PathResult, neighbours: dict, k: int = 3) -> dict:
-    """Our agreement score (not in the paper): how often the classifier's confusions fall among the k
-    most similar sub-architectures. `mistaken_in_topk`: share of classes whose most-mistaken class is
-    among its k most similar; `overlap_at_k`: mean |top-k wrong classes & top-k similar| / k."""
+def agreement(result: PathResult, neighbours: dict, k: int = 3) -> pd.DataFrame:
+    """Our agreement score (not in the paper), per class: `mistaken_in_topk` is 1 when the class it is most
+    often mistaken for is among its k most similar sub-architectures; `overlap_at_k` is |top-k wrong
+    classes & top-k similar| / k. Rows: the searched classes."""
     top = method.top_similar(method.iou_matrix(result), k)
-    hit, overlap = [], []
+    rows = []
     for r, c in enumerate(result.classes):
         similar = {result.classes[j] for j in top[r]}
-        hit.append(float(neighbours[c]["mistaken"] in similar))
-        overlap.append(len(similar & set(neighbours[c]["wrong"][:k])) / max(1, top.shape[1]))
-    return {"mistaken_in_topk": float(np.mean(hit)), "overlap_at_k": float(np.mean(overlap))}
+        rows.append({"class": c, "mistaken_in_topk": float(neighbours[c]["mistaken"] in similar),
+                     "overlap_at_k": len(similar & set(neighbours[c]["wrong"][:k])) / max(1, top.shape[1])})
+    return pd.DataFrame(rows).set_index("class")
 
 
-def agreement_table(result: PathResult, neighbours: dict, k: int = 3, n_random: int = 20,
-                    seed: int = 0) -> pd.DataFrame:
-    """Agreement score of the learned paths against random-path controls (mean and std over draws) and chance."""
-    learned = agreement(result, neighbours, k)
-    draws = [agreement(random_paths(result, seed + i), neighbours, k) for i in range(n_random)]
-    K = len(result.classes)
+def agreement_table(results: Sequence[PathResult], neighbours: dict, k: int = 3, n_random: int = 20) -> pd.DataFrame:
+    """Agreement score of the learned paths against `n_random` random-path controls per search seed and chance
+    top_k / (K - 1), each comparison decided by a paired 95 % interval: over the classes (per class, the
+    learned score averaged over search seeds minus the random one averaged over seeds and draws; the
+    question is these searches' paths) and, with two or more seeds, over the search seeds."""
+    learned = [agreement(res, neighbours, k) for res in results]
+    rand = [pd.concat([agreement(ctrl, neighbours, k) for ctrl in random_draws(res, n_random)]).groupby(level=0).mean()
+            for res in results]
+    K = len(results[0].classes)
     chance = min(k, K - 1) / max(1, K - 1)
     rows = []
     for key in ("mistaken_in_topk", "overlap_at_k"):
-        vals = np.array([d[key] for d in draws])
-        rows.append({"score": key, "learned paths": learned[key], "random paths (mean)": vals.mean(),
-                     "random paths (std)": vals.std(), "chance": chance})
-    return pd.DataFrame(rows).set_index("score")
+        per_class = (sum(a[key] for a in learned) / len(learned), sum(a[key] for a in rand) / len(rand))
+        per_seed = ([a[key].mean() for a in learned], [a[key].mean() for a in rand])
+        base = {"score": key, "learned paths": float(per_class[0].mean()), "random paths": float(per_class[1].mean()),
+                "chance": chance}
+        for unit, (a, b) in (("classes", per_class), ("search seeds", per_seed)):
+            if len(a) >= 2:
+                rows.append({**base, **interval_row(np.asarray(a), 0.0, np.asarray(b), unit=unit,
+                                                    claim="learned minus random paths above 0")})
+    return pd.DataFrame(rows)
 
 
 def explorer_table(result: PathResult, neighbours: dict, k: int = 3) -> pd.DataFrame:
