@@ -16,11 +16,18 @@ is printed too, with NetDissect-Lite's bilinear and the original NetDissect's re
 upsampling.
 
     .venv/bin/python benchmarks/dissect_speed.py [--images 2000] [--units 128] [--threads 1]
+    .venv/bin/python benchmarks/dissect_speed.py --limits [--images 400] [--threads 1]
+
+`--limits` prints one JSON line per figure: the work dissection cannot avoid (decoding every image and
+segmentation once, plus one bare forward pass to the dissected layer) over `dissect()` end to end
+(both passes, decoding included, no cache; target 0.6), and the growth of the process's peak memory
+(max RSS, a fresh process each) when the data set has 4x the images (target below 10 %).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
 import sys
@@ -31,9 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from netanatomy import broden
+from netanatomy import broden, models
 from netanatomy.dissect import method, run
+from netanatomy.hooks import run as run_model
+from netanatomy.hooks import trace
 
 
 def write_data(root: Path, n: int, size: int = 56, seed: int = 0) -> Path:
@@ -72,6 +80,91 @@ def load_all(root: Path, units: int, n: int | None = None):
     flat = acts.transpose(0, 1).reshape(units, -1)
     thr = torch.quantile(flat, 0.995, dim=1)
     return ds, acts, thr, seg, scal
+
+
+def build_model(spec: str) -> tuple[torch.nn.Module, list[str]]:
+    """'conv<units>' (`make_model`, layer '1') or a `netanatomy.models` name (randomly initialised, its
+    last dissected layer) with the layers to dissect."""
+    if spec.startswith("conv"):
+        return make_model(int(spec[4:])), ["1"]
+    torch.manual_seed(0)
+    return models.build(spec, 10).eval(), models.layers(spec, "dissect")[-1:]
+
+
+def unavoidable_seconds(root: Path, spec: str, size: int, device: str, batch: int = 64) -> tuple[float, float]:
+    """Wall-clock and CPU seconds to decode every image and segmentation of the set once and run one bare forward pass (fp32,
+    to the dissected layer, batches of `batch`) on the decoded images: the floor of `dissect()`."""
+    ds = broden.BrodenDataset(root)
+    model, layers = build_model(spec)
+    model.eval().to(device)
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for s in range(0, len(ds), batch):
+        images = [ds.load_image(i) for i in range(s, min(len(ds), s + batch))]
+        for i in range(s, min(len(ds), s + batch)):
+            ds.load_segmentation(i)
+        x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        with torch.no_grad(), trace(model, layers, stop=True, detach=True):
+            run_model(model, x)
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def end_to_end_seconds(root: Path, spec: str, size: int, device: str, batch: int = 64,
+                       workers: int = 0) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (of this process; workers not counted) of `dissect()` (both passes, decoding included, no cache) of the model's dissected layer."""
+    model, layers = build_model(spec)
+    cfg = run.DissectConfig(normalize="none", progress=False, cache=False, device=device, batch_size=batch,
+                            num_workers=workers)
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    run.dissect(model, layers, root, cfg, input_size=size)
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_worker(root, spec, size, device, queue) -> None:
+    torch.set_num_threads(1)
+    end_to_end_seconds(Path(root), spec, size, device)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def peak_mib(root: Path, spec: str, size: int, device: str) -> float:
+    """Peak resident memory (MiB) of a fresh process running `dissect()` end to end on `root`."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_worker, args=(str(root), spec, size, device, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def limit_figures(folder: Path, n: int, spec: str, size: int, device: str, workers: int = 0) -> list[dict]:
+    """The two dissection figures on synthetic Broden sets of `n` and 4 `n` images of `size` px written
+    under `folder`: unavoidable work / end to end (target 0.6) and peak memory growth at 4x (< 10 %)."""
+    roots = {}
+    for count in (n, 4 * n):
+        roots[count] = folder / f"broden_synth_{count}_{size}px"
+        if not (roots[count] / "index.csv").exists():
+            write_data(roots[count], count, size)
+    floor, floor_cpu = unavoidable_seconds(roots[n], spec, size, device)
+    full, full_cpu = end_to_end_seconds(roots[n], spec, size, device, workers=workers)
+    small, large = peak_mib(roots[n], spec, size, device), peak_mib(roots[4 * n], spec, size, device)
+    common = {"model": spec, "size": size, "images": n, "device": str(torch.device(device))}
+    return [{"figure": "dissect_unavoidable_over_end_to_end", **common, "value": floor / full, "target": 0.6,
+             "met": floor / full >= 0.6, "value_cpu_time": floor_cpu / full_cpu if not workers else None,
+             "unavoidable_s": floor, "end_to_end_s": full,
+             "end_to_end_images_per_s": n / full, "workers": workers},
+            {"figure": "dissect_peak_memory_growth_4x", **common, "value": large / small - 1, "target": 0.1,
+             "met": large / small - 1 < 0.1, "peak_mib": small, "peak_mib_4x": large}]
 
 
 def vectorised(acts, thr, seg, scal, labelcat, batch=64):
@@ -158,7 +251,15 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for both tallies (default 1: the reference loop is single-threaded)")
     ap.add_argument("--root", default=None, help="where to write the synthetic Broden set (default: a temp dir)")
+    ap.add_argument("--limits", action="store_true", help="unavoidable work / end to end and memory at 4x (JSON)")
+    ap.add_argument("--size", type=int, default=56, help="--limits: image size in pixels")
     args = ap.parse_args(argv)
+    if args.limits:
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            for fig in limit_figures(Path(args.root or tmp), args.images, f"conv{args.units}", args.size, "cpu"):
+                print(json.dumps(fig))
+        return 0
     tmp = tempfile.TemporaryDirectory() if args.root is None else None
     root = Path(args.root or tmp.name) / f"broden_synth_{args.images}"
     if not (root / "index.csv").exists():

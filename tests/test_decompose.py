@@ -3,6 +3,7 @@
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,12 +12,14 @@ import yaml
 from sklearn.metrics import mutual_info_score
 from torch import nn
 
-from helpers.decompose import (AKAMASTER, CIFAR_NPZ, CSG_CKPT, PUBLISHED, PUBLISHED_CSG, RESNET50_INDICES,
-                               akamaster_like_checkpoint, block_indices, block_linear, cifar10_batches_folder,
+from helpers.data import CLASSES, cifar_jpeg_archive, cifar_npz
+from helpers.decompose import (AKAMASTER, CIFAR_NPZ, CORRECT_OF_1000, CSG_CKPT, PUBLISHED, PUBLISHED_CSG,
+                               RESNET50_INDICES, akamaster_like_checkpoint, block_indices, block_linear, cifar10_batches_folder,
                                cifar10_npz, needs, planted_features, random_checkpoint, random_linear,
                                tiny_imagefolder)
 from netanatomy import cache, data, hooks, models, params, stats
 from netanatomy.decompose import csg as dc
+from netanatomy.decompose import figures as dfig
 from netanatomy.decompose import files as dfiles
 from netanatomy.decompose import method as dm
 from netanatomy.decompose import run as dr
@@ -308,7 +311,8 @@ def test_config_from_params_refuses_unknown_names_and_reads_published_keys(tmp_p
                                           ("published_indices", {"x": "a"}), ("n_random", 1), ("n_random", 0),
                                           ("k", 129), ("n", 200), ("k_grid", [5, 129]), ("n_grid", [300]),
                                           ("published_indices", {"129": "a.json"}), ("csg_epochs", -1),
-                                          ("seed", -1), ("mi_self_pairs", "yes")])
+                                          ("seed", -1), ("mi_self_pairs", "yes"), ("fit_per_class", 0),
+                                          ("train_per_class", 1.5), ("eval_dataset", "mnist")])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ParamError) as err:
         dr.Config(**{field: value})
@@ -522,3 +526,109 @@ def test_imagenet_resnet50_set_on_random_weights_and_a_tiny_imagefolder(tmp_path
     assert set(controls["indices"]) == {"ours (k=50, n=50)", "published (n=50)"} and len(controls) == 8
     mi = dt.mi_over_n(S, None, cfg, published)
     assert set(mi["indices"]) == {"ours (k=50, n=50)", "published ours (n=50)"}
+
+
+# ---------------------------------------------------------------------------- upstream's protocol: training images
+def _jpeg_setup(tmp_path, **extra):
+    """A 3-class JPEG archive (4 training, 2 test images per class), evaluation on a 3-class npz (2 per class)."""
+    archive, npz = tmp_path / "mini.tar.gz", cifar_npz(tmp_path / "eval.npz", 2)
+    cifar_jpeg_archive(archive, {"train": 4, "test": 2})
+    return dict(model="resnet20", dataset="cifar10_jpeg", data_root=str(archive), eval_dataset="cifar10",
+                eval_root=str(npz), weights=str(random_checkpoint("resnet20", 3, tmp_path / "r20.th")), k=3, n=2,
+                k_grid=[3], n_grid=[2], progress=False, device="cpu") | extra
+
+
+def test_indices_from_the_first_training_images_per_class_and_eval_on_another_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    cfg = dr.Config(**_jpeg_setup(tmp_path, fit_per_class=3, train_per_class=1))
+    S = dr.setup(cfg)
+    assert S.classes == list(CLASSES)
+    assert S.fit_label == "CIFAR-10 (JPEG) train (9 images)" and S.train_label == "CIFAR-10 (JPEG) train (3 images)"
+    assert S.eval_label == "CIFAR-10 test[0:6] (6 images)" and S.all_label is None
+    assert S.fit_ds.indices == [0, 1, 2, 4, 5, 6, 8, 9, 10] and S.train_ds.indices == [0, 4, 8]
+    assert S.feats_fit.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and S.feats_eval.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    eval_npz = np.load(tmp_path / "eval.npz")
+    model = models.load_weights(models.build("resnet20", 3), tmp_path / "r20.th").eval()
+    x = (torch.tensor(eval_npz["images"]).float() / 255 - torch.tensor(data.normalization("imagenet")[0])[:, None, None]) \
+        / torch.tensor(data.normalization("imagenet")[1])[:, None, None]
+    assert torch.allclose(S.feats_eval.features, models.pooled_features(model, x)[0].flatten(1), atol=1e-5)
+    with pytest.raises(ParamError) as err:  # a class has 4 training images
+        dr.setup(dr.Config(**_jpeg_setup(tmp_path, fit_per_class=5)))
+    assert err.value.param == "fit_per_class" and "at most 4" in str(err.value)
+
+
+def test_per_class_counts_and_the_eval_source_are_checked_up_front(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path / "cache"))
+    given = _jpeg_setup(tmp_path)
+    with pytest.raises(ParamError) as err:
+        dr.Config(**(given | {"eval_root": None}))
+    assert err.value.param == "eval_root"
+    with pytest.raises(DataError, match="parameter 'eval_root'"):
+        dr.Config(**(given | {"eval_root": str(tmp_path / "missing.npz")}))
+    npz_only = dict(given, dataset="cifar10", data_root=given["eval_root"], eval_dataset=None, eval_root=None)
+    with pytest.raises(ParamError) as err:  # the npz holds test images only: per-class counts of training images are refused
+        dr.setup(dr.Config(**(npz_only | {"train_per_class": 1})))
+    assert err.value.param == "train_per_class"
+    assert not (tmp_path / "cache" / "decompose").exists()  # nothing was computed
+
+
+def test_overlap_with_published_sets_against_chance():
+    C, D, n = 4, 24, 3
+    f, y = planted_features(C, D)
+    feats = dm.Features(f, f[:, :C], y)
+    S = SimpleNamespace(feats_fit=feats, feats_eval=feats, fit_label="fit", eval_label="eval",
+                        classes=[str(c) for c in range(C)], num_features=D)
+    cfg = dr.Config(k=3, n=3)
+    same = dt.overlap_table(S, {n: block_indices(C)}, cfg).iloc[0]
+    assert (same["shared"], same["of"], same["mean jaccard"]) == (C * n, C * n, 1.0)
+    assert same["chance"] == C * n * n / D and same["excess per class"] == pytest.approx(n - n * n / D, abs=0.005)
+    assert same["verdict"] == stats.HELD  # identical sets: no spread, interval is the point itself
+    disjoint = {c: [(c * 3 + 12 + j) % D for j in range(n)] for c in range(C)}  # no class's block
+    other = dt.overlap_table(S, {n: disjoint}, cfg).iloc[0]
+    assert other["shared"] == 0 and other["verdict"] == stats.NOT_HELD
+    both = dt.overlap_table(S, {n: block_indices(C)}, dr.Config(k=5, n=3))
+    assert both["our k"].tolist() == [3, 5, 3]  # k = n (upstream's file names) and the run's k; eval part: k = n
+    assert both["extracted on"].tolist() == ["fit", "fit", "eval"] and both["shared"].tolist() == [C * n] * 3
+
+
+def _shared_paths(given: dict) -> list[Path]:
+    values = [v for value in given.values() for v in (value.values() if isinstance(value, dict) else [value])]
+    return [ROOT / v for v in values if isinstance(v, str) and "shared/" in v]
+
+
+CIFAR_SETS = sorted(p.name for p in (ROOT / "params").glob("decomposition.cifar10_*.yaml"))
+#: A few images: 3 training images per class for the indices, 1 per class for one finetuning epoch.
+FEW = dict(fit_per_class=3, train_per_class=1, finetune_epochs=1, k_grid=[5], n_grid=[5], n_random=3, device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("set_file", CIFAR_SETS)
+def test_cifar10_parameter_set_on_a_few_training_images(set_file):
+    """Each CIFAR-10 set with FEW overriding its sizes: the published checkpoint's exact count on
+    CIFAR-10 test[0:1000] (original pixels), the published files read and (ResNet-20) upstream's MI
+    reproduced exactly from them; every table of the notebook built."""
+    given = yaml.safe_load((ROOT / "params" / set_file).read_text())
+    needs(*_shared_paths(given))
+    assert given["dataset"] == "cifar10_jpeg" and given["eval_dataset"] == "cifar10"
+    cfg = dr.Config.from_params(params.with_defaults("decomposition", given | FEW))
+    S = dr.setup(cfg)
+    assert S.fit_label == "CIFAR-10 (JPEG) train (30 images)" and S.eval_label == "CIFAR-10 test[0:1000] (1000 images)"
+    assert round(1000 * S.feats_eval.accuracy()) == CORRECT_OF_1000[cfg.model]
+    published = dr.read_published(cfg, S)
+    ours, _ = dm.influential_indices(S.feats_fit.features, S.feats_fit.labels, 10, cfg.k, cfg.n)
+    overlaps = dt.overlap_table(S, published, cfg)
+    assert len(overlaps) == sum(len({m, cfg.k}) + 1 for m in published)
+    assert len(dt.accuracy_table(S, dt.named_index_sets(ours, published, cfg))) == 2 + len(published)
+    _, ft = dr.finetuned(S, ours, cfg)
+    assert ft["epoch"].tolist() == [0, 1]
+    csg = dr.csg_baseline(S, cfg)
+    csg_sets = dr.csg_index_sets(csg, S, cfg)
+    controls = dt.control_study(dt.index_runs(S, csg, ours, published, csg_sets, cfg), cfg)
+    assert set(controls["verdict"]) <= {stats.HELD, stats.NOT_HELD, stats.INCONCLUSIVE}
+    mi = dt.mi_over_n(S, csg, cfg, published, csg_sets.get("CSG published file"))
+    legacy = dfig.describe_legacy_mi(mi)
+    if cfg.model == "resnet20":
+        assert S.reference and csg is not None and sorted(published) == [5, 10, 20]
+        assert "ours **0.034538** (upstream 0.034538) vs CSG **0.037509** (upstream 0.037509)" in legacy[0]
+    else:  # no published indices or CSG checkpoint exist for ResNet-56
+        assert not published and csg is None and not legacy

@@ -17,9 +17,10 @@ from torch import nn
 from helpers.dissect import (GeometryNet, Planted, RandomConv, brute_force_tally, hand_tally, lit_rows, planted_data,
                              upstream_upsample)
 from netanatomy import broden
-from netanatomy.dissect import figures, method, published, run
+from netanatomy.dissect import figures, method, published, run, tables
 from netanatomy.dissect.run import Config, DissectConfig
 from netanatomy.errors import DataError, ParamError
+from netanatomy.params import with_defaults
 from netanatomy.world import WorldConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,16 @@ def test_planted_units_are_found(planted_root):
     s = res.summary()
     assert s["interpretable"] == 4 and s["unique_concepts"] == 4
     assert s["per_category"] == {"object": 3, "material": 1, "scene": 0}
+    labels = res.unit_labels()  # channel order, 0-based: channel k is tally unit k + 1
+    assert list(labels["unit"]) == list(range(7))
+    for k, truth in enumerate(Planted.TRUTH):
+        row = labels.iloc[k]
+        assert bool(row["detector"]) == (truth is not None)
+        if truth is not None:
+            assert (row["category"], row["concept"]) == truth and row["iou"] == tally.loc[k + 1, "score"]
+    text = figures.describe_depth({"first": res, "last": res}, "top_label")
+    assert ("detectors 4/7 (0.57) -> 4/7 (0.57); unique detectors 4 -> 4 (object 3 -> 3, material 1 -> 1; "
+            "top_label counting)") in text
 
 
 # ----------------------------------------------------------------------------- brute force
@@ -149,19 +160,19 @@ def test_tally_csv_format_and_reader(planted_root, tmp_path):
     assert sorted(t["unit"]) == list(range(1, 8))
     assert list(t["score"]) == sorted(t["score"], reverse=True)
     assert (t["label"] != "").all() and (t["object-label"] != "").all()
-    paths = run.save_results(res, tmp_path / "out")
-    back = run.read_tally(paths["features"])
+    paths = tables.save_results(res, tmp_path / "out")
+    back = tables.read_tally(paths["features"])
     pd.testing.assert_frame_equal(back[expect[:4]], t[expect[:4]], check_dtype=False)
     assert method.tally_summary(back) == res["features"].summary()
     # a published-style tally with an empty label in a category
     pub = t.copy()
     pub.loc[0, "scene-label"] = ""
     pub.sample(frac=1, random_state=0).to_csv(tmp_path / "pub.csv", index=False)
-    got = run.read_tally(tmp_path / "pub.csv")
+    got = tables.read_tally(tmp_path / "pub.csv")
     assert list(got["score"]) == sorted(got["score"], reverse=True) and (got["scene-label"] != "").all()
     with pytest.raises(DataError, match="lacks column"):
         pd.DataFrame({"unit": [1]}).to_csv(tmp_path / "bad.csv", index=False)
-        run.read_tally(tmp_path / "bad.csv")
+        tables.read_tally(tmp_path / "bad.csv")
 
 
 def test_report_is_written(planted_root, tmp_path):
@@ -245,7 +256,8 @@ def test_notebook_config_checks_up_front(planted_root, tmp_path, monkeypatch):
            ({"batch_size": 0}, "batch_size"), ({"iou_threshold": 1.5}, "iou_threshold"),
            ({"normalize": "places"}, "normalize"), ({"input_size": 4}, "input_size"),
            ({"categories": ["weather"]}, "categories"), ({"split": "train"}, "split"),
-           ({"published_csvs": str(weights)}, "published_csvs"), ({"published_mat": str(tmp_path)}, "published_mat")]
+           ({"published_csvs": str(weights)}, "published_csvs"), ({"published_mat": str(tmp_path)}, "published_mat"),
+           ({"world_size": 8}, "world_size"), ({"broden_root": str(planted_root), "world_size": 32}, "world_size")]
     for values, name in bad:
         with pytest.raises(ParamError, match=name):
             Config.from_params(values)
@@ -313,9 +325,9 @@ def test_paper_and_top_label_countings_on_a_hand_tally():
 
 def test_summary_table_shows_both_countings(planted_root):
     res = run.dissect(Planted(), ["features"], planted_root, NONE)
-    table = run.summary_table(res, counting="paper")
+    table = tables.summary_table(res, counting="paper")
     assert {"unique detectors (paper)", "unique detectors (top_label)", "object detectors"} <= set(table.columns)
-    cov = run.planted_coverage(res, counting="paper")
+    cov = tables.planted_coverage(res, counting="paper")
     assert dict(zip(cov["category"], cov["with detector"])) == {"object": 3, "material": 1, "scene": 0}
 
 
@@ -481,3 +493,43 @@ def test_lite_parameter_set_is_netdissect_lites_setting(tmp_path):
     for name in ("broden224_resnet50", "broden224_vgg16", "broden227_alexnet"):
         other = yaml.safe_load((ROOT / "params" / f"dissection.{name}.yaml").read_text())
         assert (other["union_rule"], other["upsample"], other["counting"]) == ("image", "receptive_field", "paper")
+
+
+# ----------------------------------------------------------------------------- the published CIFAR-10 ResNets
+
+WEIGHTS = ROOT.parent / "shared" / "data" / "weights"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,blocks", [("resnet20", 3), ("resnet56", 9)])
+def test_cifar_parameter_set_dissects_every_block(name, blocks, monkeypatch):
+    """The CIFAR-10 set on the smoke world (200 images, 32 px): the stem and every block of the
+    published net, 16/32/64 units per stage; `unit_labels` then reads the cached run (no pass
+    recomputed) and refuses a layer the set does not dissect before any work."""
+    values = yaml.safe_load((ROOT / "params" / f"dissection.cifar10_{name}.yaml").read_text())
+    weights = ROOT / values["weights"]
+    if not weights.is_file():
+        pytest.skip(f"shared file absent: {weights}")
+    cfg = Config.from_params(with_defaults("dissection", {**values, "scale": "smoke", "progress": False,
+                                                          "device": "cpu"}))
+    assert (cfg.world_size, cfg.normalize, cfg.upsample, cfg.counting) == (32, "imagenet", "receptive_field", "paper")
+    study = run.study(cfg)
+    stages = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(blocks)]
+    assert study.layers == ["bn1"] + stages and len(broden.BrodenDataset(study.broden_root)) == 200
+    assert [study.results[n].units for n in study.layers] == [16] * (1 + blocks) + [32] * blocks + [64] * blocks
+    table = tables.summary_table(study.results, cfg.iou_threshold, cfg.counting)
+    assert (table["detectors"] > 0).all()  # colour units at every depth (IoU >= 0.04 on 200 images)
+    fig = figures.plot_depth(study.results, cfg.iou_threshold, cfg.counting)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == study.layers
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a dissection pass was recomputed")
+
+    monkeypatch.setattr(run, "_thresholds", no_pass)
+    monkeypatch.setattr(run, "_tally", no_pass)
+    labels = run.unit_labels(cfg, "layer3.0")
+    expected = study.results["layer3.0"].tally.sort_values("unit")
+    assert list(labels["unit"]) == list(range(64)) and list(labels["concept"]) == list(expected["label"])
+    np.testing.assert_array_equal(labels["iou"], expected["score"])
+    with pytest.raises(ParamError, match="layer"):
+        run.unit_labels(cfg, "layer4")

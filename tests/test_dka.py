@@ -1,6 +1,7 @@
 """Dynamic-K activation: the routed head's exact invariants, model surgery, checkpoints, training, paired
 seeds and their verdicts, damaged caches, parameter checks, explanations."""
 
+import dataclasses
 import types
 import warnings
 from pathlib import Path
@@ -12,9 +13,11 @@ import torch
 import yaml
 from torch import nn
 
+from helpers.cifar_sets import cifar_set, fresh_cache, interrupt_once
 from helpers.dka import Planted, PlantedData, paired_interval_by_hand, reference_topk_linear, seed_rows
-from netanatomy import models, zoo
+from netanatomy import cache, models, zoo
 from netanatomy.cache import CacheWarning
+from netanatomy.data import CIFAR10_MEAN, CIFAR10_STD
 from netanatomy.dissect.method import tally_summary
 from netanatomy.dka import figures, method, run
 from netanatomy.errors import DataError, ParamError
@@ -231,7 +234,7 @@ def test_concentration_and_explanation_page():
     torch.manual_seed(0)
     model = method.to_dka(models.build("small_vgg", 2, width_mult=0.25), 3).eval()
     val = Planted(8, 2)
-    labels = pd.DataFrame({"label": ["tl-s"] * 32, "category": ["scene"] * 32, "iou": np.linspace(0, 0.1, 32)})
+    labels = pd.DataFrame({"concept": ["tl-s"] * 32, "category": ["scene"] * 32, "iou": np.linspace(0, 0.1, 32)})
     ex = figures.explain(model, "features.conv6", val, [0, 3], labels, top=5, device="cpu")
     assert len(ex) == 2 and all(len(e["units"]) == 5 for e in ex)
     shares = [u["share"] for u in ex[0]["units"]]
@@ -397,27 +400,84 @@ def test_damaged_cached_model_is_set_aside_and_retrained(tmp_path, monkeypatch):
         run.train_model("small_vgg", 2, data, _recipe(1), width_mult=0.25)
 
 
-def test_paired_runs_trained_side_by_side_are_read_from_the_cache(tmp_path, monkeypatch):
-    """`prefetch` trains the missing arms in two processes; `train_pairs` then only reads them, and a
-    second prefetch starts no process (everything is cached)."""
+def test_paired_runs_launch_the_dka_step_once_on_cpu_with_workers(tmp_path, monkeypatch):
+    """In a notebook kernel on CPU, `prefetch` launches the DKA step under torchrun (`distributed.launch`)
+    in min(workers, missing runs) processes with parameters that build the same configuration; it
+    launches nothing with workers 1, with one missing run, on CUDA or when every run is cached (the
+    launched runs themselves: tests/test_distributed.py)."""
     monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
-    cfg = run.Config(scale="smoke", width_mult=0.25, k=3, k_sweep=[], seeds=2, epochs=1, batch_size=64,
-                     device="cpu", progress=False, workers=2)
+    launched = []
+    monkeypatch.setattr(run.distributed, "launch", lambda *args, **kwargs: launched.append((args, kwargs)))
+    cfg = run.Config(scale="smoke", width_mult=0.25, k=3, k_sweep=[1, "D"], seeds=2, epochs=1, batch_size=64,
+                     device="cpu", progress=False, workers=3)
     data = run.load(cfg)
     jobs = [(k, s) for s in cfg.seed_list for k in (None, 3)]
-    assert not any(run.arm_path(cfg, data, *job).is_file() for job in jobs)
+    run.prefetch(cfg, data, jobs[:1])
+    run.prefetch(dataclasses.replace(cfg, workers=1), data, jobs)
+    assert launched == []
     run.prefetch(cfg, data, jobs)
-    paths = [run.arm_path(cfg, data, *job) for job in jobs]
-    assert all(p.is_file() for p in paths)
-    stamps = [p.stat().st_mtime_ns for p in paths]
+    [((notebook, given, nproc), kwargs)] = launched
+    assert (notebook, nproc, kwargs) == ("dka", 3, {"threads": 1}) and given["progress"] is False
+    again = run.Config.from_params({**given, "progress": False})
+    assert again.key() == cfg.key() and again.k_sweep == [1, None] and again.layer == cfg.layer
+    monkeypatch.setattr(run, "pick_device", lambda device: torch.device("cuda"))
+    run.prefetch(cfg, data, jobs)
+    monkeypatch.undo()
+    monkeypatch.setenv("NETANATOMY_CACHE", str(tmp_path))
+    monkeypatch.setattr(run.distributed, "launch", lambda *args, **kwargs: launched.append((args, kwargs)))
+    for job in jobs:  # every run cached
+        run.arm_path(cfg, data, *job).parent.mkdir(parents=True, exist_ok=True)
+        run.arm_path(cfg, data, *job).touch()
+    run.prefetch(cfg, data, jobs)
+    assert len(launched) == 1
 
-    def no_pool(*args, **kwargs):
-        raise AssertionError("a process pool was started although every arm is cached")
-    monkeypatch.setattr(run, "ProcessPoolExecutor", no_pool)
+
+# ---------------------------------------------------------------------------- the CIFAR-10 set (shared archive)
+SMOKE_CIFAR = dict(seeds=2, epochs=1, k_sweep=[2, "D"], max_train_images=64, max_val_images=64, batch_size=32,
+                   workers=1, scale="smoke", explain_images=1, progress=False, device="cpu")
+
+
+@pytest.mark.slow
+def test_cifar10_set_smoke_run():
+    """params/dka.cifar10_resnet20.yaml on 64 training and 64 test images, 1 epoch, 2 seeds, a 2-point sweep:
+    ResNet-20 (D = 64) with a K = 5 head, CIFAR-10 normalisation for the 32 px concept-world dissection."""
+    cfg = run.Config.from_params(cifar_set("dka.cifar10_resnet20", **SMOKE_CIFAR))
+    assert (cfg.D, cfg.k, cfg.layer) == (64, 5, "layer3")
     pairs = run.train_pairs(cfg)
-    assert [p.seed for p in pairs] == [0, 1] and [p.stat().st_mtime_ns for p in paths] == stamps
-    for pair in pairs:
-        assert pair.dense.path == run.arm_path(cfg, data, None, pair.seed) and pair.dka.k == 3
-        assert 0.0 <= pair.dense.val_acc <= 1.0 and 0.0 <= pair.dka.val_acc <= 1.0
-    table = run.accuracy_table(pairs)
-    assert table["dka_minus_dense"].tolist() == pytest.approx((table["dka_val_acc"] - table["dense_val_acc"]).tolist())
+    data = pairs[0].data
+    assert data.label == "CIFAR-10 (JPEG), at most 64 training / 64 evaluation images" and data.key()["limits"] == [64, 64]
+    assert len(data.train_aug) == len(data.val) == 64 and data.train_aug.indices == data.train.indices
+    assert cfg.dissection.normalize == data.mean_std == (CIFAR10_MEAN, CIFAR10_STD)
+    assert isinstance(pairs[0].dka.model.linear, method.TopKRouteLinear) and pairs[0].dka.model.linear.k == 5
+    assert isinstance(pairs[0].dense.model.linear, nn.Linear)
+    acc = run.accuracy_table(pairs)
+    assert acc["seed"].tolist() == [0, 1] and (acc["epochs"] == 1).all()
+    broden = run.broden_folder(cfg, data)
+    assert broden.name.startswith("world-val-32px-")
+    assert {d.summary()["units"] for d in run.dissect_pair(cfg, pairs[0], broden).values()} == {64}
+    verdicts = run.verdicts(run.seed_table(cfg, pairs, broden), cfg)
+    assert len(verdicts) == 3 and verdicts[["low", "high"]].notna().all().all()
+    assert set(verdicts["verdict"]) <= {"held", "did not hold", "inconclusive"}
+    sweep = run.k_sweep(cfg, pairs[0], broden)
+    assert sweep["k"].tolist() == [2, 64] and (sweep["status"] == "ok").all()
+    assert sweep["val_acc"].iloc[1] == pairs[0].dense.val_acc  # K = D is the main seed's dense run, not retrained
+
+
+@pytest.mark.slow
+def test_cifar10_training_resumes_after_an_interruption(tmp_path, monkeypatch):
+    """A CIFAR-10 DKA run killed after epoch 1 of 2 resumes from its checkpoint: epoch 1 is not trained again."""
+    P = cifar_set("dka.cifar10_resnet20", **{**SMOKE_CIFAR, "epochs": 2, "seeds": 1, "k_sweep": [],
+                                              "max_train_images": 32, "max_val_images": 32})
+    fresh_cache(tmp_path, monkeypatch)
+    cfg = run.Config.from_params(P)
+    data, recipe = run.load(cfg), cfg.recipe(cfg.seed)
+    path = run.model_entry(cfg.model, cfg.k, data, recipe, cfg.width_mult)
+    interrupt_once(monkeypatch, run)
+    with pytest.raises(KeyboardInterrupt):
+        run.train_model(cfg.model, cfg.k, data, recipe)
+    saved = torch.load(cache.checkpoint_of(path).path, weights_only=False)
+    assert not path.exists() and [r["epoch"] for r in saved["history"]] == [1]
+    done = run.train_model(cfg.model, cfg.k, data, recipe)
+    assert done.history["epoch"].tolist() == [1, 2] and path.exists()
+    assert done.history["seconds"].iloc[0] == saved["history"][0]["seconds"]
+    assert not cache.checkpoint_of(path).path.exists()

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from helpers.cifar_sets import cifar_set, fresh_cache, interrupt_once
 from helpers.hetero import (CIFAR, HAND_ARCH_FLOPS, HAND_NET_FLOPS, IMNET, TensorData, closest_ratio, hand_arch,
                             hand_net, imnet_arch, made_up_runs, searched, tiny_data)
 from netanatomy import cli, hooks, params, stats
@@ -421,7 +422,7 @@ def test_torchrun_two_processes_build_the_same_lwdna_as_one(tmp_path, monkeypatc
 @pytest.mark.parametrize("argv,words", [
     (["run", "heterogeneity", "-p", "width_multiplier", "2"], ["'width_multiplier'", "known parameters"]),
     (["run", "heterogeneity", "-p", "ratio", "1.5"], ["'ratio'", "(0, 1]"]),
-    (["run", "heterogenity"], ["'notebook'", "registered: heterogeneity"]),
+    (["run", "heterogenity"], ["'notebook'", "registered:", "heterogeneity", "nad_findpath"]),
     (["run", "heterogeneity", "-f", "no/such/file.yaml"], ["no/such/file.yaml", "not found"]),
 ])
 def test_cli_stops_with_one_line_before_any_work(argv, words, capsys, tmp_path, monkeypatch):
@@ -441,3 +442,53 @@ def test_cli_reads_the_file_and_overrides_over_the_notebook_defaults(tmp_path, m
                      "-p", "search_batch_size", "None"]) == 0
     assert seen == {**params.with_defaults("heterogeneity", {}), "epochs": 5, "score": ["random"], "device": "cpu",
                     "search_batch_size": None}
+
+
+# ---------------------------------------------------------------------------- the CIFAR-10 sets (shared archive)
+SMOKE_CIFAR = dict(seeds=2, epochs=1, max_train_images=64, max_val_images=64, batch_size=32, num_workers=0,
+                   progress=False, device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,depth", [("heterogeneity.cifar10_resnet20", 20), ("heterogeneity.cifar10_resnet56", 56)])
+def test_cifar10_set_smoke_run(name, depth):
+    """A CIFAR-10 set on 64 training and 64 test images, 1 epoch, 2 seeds: baseline and both LW-DNAs per seed,
+    each LW-DNA near 0.23 of the widened FLOPs (upstream's counting; a miss beyond the tolerance is reported)
+    and below the baseline's, and the verdicts."""
+    cfg = R.Config.from_params(cifar_set(name, **SMOKE_CIFAR))
+    data = R.load_data(cfg)
+    assert data.label == "CIFAR-10 (JPEG), at most 64 training / 64 evaluation images" and data.input_size == 32
+    assert len(data.train_aug) == len(data.val) == 64
+    exp = R.experiment(cfg, data)
+    runs = exp.runs.set_index(["network", "score", "seed"])
+    assert len(runs) == 6 and exp.config.depth == depth and exp.config.num_classes == 10
+    for seed in (0, 1):
+        base = runs.loc[("baseline", "-", seed)]
+        for mode in ("magnitude", "random"):
+            lw = runs.loc[("lw-dna", mode, seed)]
+            off = abs(lw["search_ratio"] - 0.23)  # channel counts are discrete: a miss is reported, and small
+            assert lw["flops"] < base["flops"] and off < 0.01 and (off <= exp.config.tolerance) == bool(lw["reached"])
+    v = R.verdicts(exp.runs)
+    assert v["comparison"].tolist() == ["lw-dna (magnitude) - baseline", "lw-dna (random) - baseline",
+                                        "lw-dna (magnitude) - lw-dna (random)"]
+    assert (v["n_seeds"] == 2).all() and v[["low", "high"]].notna().all().all()
+
+
+@pytest.mark.slow
+def test_cifar10_training_resumes_after_an_interruption(tmp_path, monkeypatch):
+    """A CIFAR-10 baseline killed after epoch 1 of 2 resumes from its checkpoint: epoch 1 is not trained again."""
+    P = cifar_set("heterogeneity.cifar10_resnet20", **{**SMOKE_CIFAR, "epochs": 2, "seeds": 1,
+                                                        "max_train_images": 32, "max_val_images": 32})
+    root = fresh_cache(tmp_path, monkeypatch)
+    cfg = R.Config.from_params(P)
+    data = R.load_data(cfg)
+    interrupt_once(monkeypatch, R)
+    with pytest.raises(KeyboardInterrupt):
+        R.baseline(cfg, data, 0)
+    (ckpt,) = (root / "hetero").glob("baseline-*.ckpt.pt")
+    saved = torch.load(ckpt, weights_only=False)
+    assert [r["epoch"] for r in saved["history"]] == [1]
+    done = R.baseline(cfg, data, 0)
+    assert [r["epoch"] for r in done["history"]] == [1, 2]
+    assert done["history"][0]["seconds"] == saved["history"][0]["seconds"]
+    assert not ckpt.exists() and len(list((root / "hetero").glob("baseline-*.pt"))) == 1

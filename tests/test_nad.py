@@ -199,8 +199,11 @@ def test_notebook_configs_check_their_parameters():
     assert hit.search_for("small_vgg").replace(seed=0).search_fields() == find.search_fields()  # shared search
     assert run.beta_for("vgg16", "imagenet", None) == 4.5 and run.beta_for("vgg16", "imagenet", 1.0) == 1.0
     assert run.beta_for("darts", "imagenet", None) == 0.45 and run.beta_for("darts", "places365", None) == 0.20
+    assert run.beta_for("resnet56", "cifar10_jpeg", None) == run.CIFAR_BETA["cifar10_jpeg", "resnet56"]
     with pytest.raises(ParamError, match="beta"):
         run.beta_for("alexnet", "imagenet", None)
+    with pytest.raises(ParamError, match="beta"):
+        run.beta_for("resnet56", "cifar10", None)        # ours is for the JPEG training images only
 
 
 @pytest.mark.parametrize("config, given, param", [
@@ -427,20 +430,40 @@ def _long_table(learned, random, n_seeds=1, layers=3):
     return pd.DataFrame(rows)
 
 
+def _path_verdicts(long):
+    """hit_verdicts without its depth rows (the made-up tables have the same hits at every layer)."""
+    out = run.hit_verdicts(long)
+    return out[~out["claim"].str.contains("deepest")].reset_index(drop=True)
+
+
 def test_hit_verdicts_follow_the_intervals():
     rng = np.random.default_rng(0)
-    far = run.hit_verdicts(_long_table(0.8 + 0.05 * rng.standard_normal(50), 0.3 + 0.05 * rng.standard_normal(50)))
+    far = _path_verdicts(_long_table(0.8 + 0.05 * rng.standard_normal(50), 0.3 + 0.05 * rng.standard_normal(50)))
     assert list(far["unit"]) == ["mosaics", "mosaics"] and (far["verdict"] == "held").all()
     assert (far["n"] == 50).all() and far.iloc[0]["mean"] == pytest.approx(0.8, abs=0.02)
-    below = run.hit_verdicts(_long_table(0.2 + 0.01 * rng.standard_normal(50), 0.5 + 0.01 * rng.standard_normal(50)))
+    below = _path_verdicts(_long_table(0.2 + 0.01 * rng.standard_normal(50), 0.5 + 0.01 * rng.standard_normal(50)))
     assert (below["verdict"] == "did not hold").all()
     noise = np.array([0.1, -0.1, 0.2, -0.2, 0.05, -0.05, 0.15, -0.15])   # a difference far inside its interval
-    close = run.hit_verdicts(_long_table(0.26 + noise, 0.25 + noise[::-1]))
+    close = _path_verdicts(_long_table(0.26 + noise, 0.25 + noise[::-1]))
     assert (close["verdict"] == "inconclusive").all()
-    seeds = run.hit_verdicts(_long_table(np.full(10, 0.7), np.full(10, 0.2), n_seeds=3))
+    seeds = _path_verdicts(_long_table(np.full(10, 0.7), np.full(10, 0.2), n_seeds=3))
     by_seed = seeds[seeds["unit"] == "search seeds"]
     assert len(by_seed) == 2 and (by_seed["n"] == 3).all()
     assert by_seed.iloc[0]["mean"] == pytest.approx(0.71) and by_seed.iloc[1]["mean"] == pytest.approx(0.5)
+
+
+def test_depth_verdict_is_deepest_minus_first_layer_paired():
+    """Layers 1-4 with learned hits 0.3, 0.3, 0.5, 0.7 (+ noise per mosaic): the 2 deepest minus the first
+    is 0.3 exactly, held; a flat table is not held (zero difference)."""
+    rng = np.random.default_rng(1)
+    long = _long_table(0.3 + 0.02 * rng.standard_normal(30), np.full(30, 0.25), layers=4)
+    long.loc[(long["layer_index"] == 3) & (long["paths"] == run.LEARNED), "hit"] += 0.2
+    long.loc[(long["layer_index"] == 4) & (long["paths"] == run.LEARNED), "hit"] += 0.4
+    rise = run.depth_verdicts(long)
+    assert list(rise["unit"]) == ["mosaics"] and rise.iloc[0]["mean"] == pytest.approx(0.3)
+    assert rise.iloc[0]["verdict"] == "held" and rise.iloc[0]["n"] == 30
+    flat = run.depth_verdicts(_long_table(0.3 + 0.02 * rng.standard_normal(30), np.full(30, 0.25), layers=4))
+    assert flat.iloc[0]["verdict"] != "held"
 
 
 def test_upstream_summary_is_the_mean_of_each_of_the_last_three_layers():
@@ -486,13 +509,33 @@ def test_agreement_verdicts_over_classes_and_seeds():
 @pytest.mark.parametrize("param_file", sorted((Path(__file__).resolve().parents[1] / "params").glob("nad_*.yaml")),
                          ids=lambda p: p.name)
 def test_every_nad_parameter_set_passes_its_checks(param_file):
-    """The real-data sets (VGG16, ResNet50, DenseNet121, DARTS on ImageNet and Places365) and the built-in ones
-    build their notebook's config; the real-data sets use upstream's beta for their network."""
+    """The real-data sets (VGG16, ResNet50, DenseNet121, DARTS on ImageNet and Places365; the published CIFAR-10
+    ResNets) and the built-in ones build their notebook's config; the ImageNet and Places365 sets use
+    upstream's beta for their network, the CIFAR-10 sets ours (`run.CIFAR_BETA`)."""
     notebook = param_file.name.split(".")[0]
     given = yaml.safe_load(param_file.read_text())
     config = {"nad_findpath": run.FindPathConfig, "nad_hitrate": run.HitRateConfig, "nad_subarch": run.SubArchConfig}
     cfg = config[notebook].from_params(params.with_defaults(notebook, given))
-    if cfg.dataset != "concept_world":
+    if cfg.dataset == "cifar10_jpeg":
+        for model in getattr(cfg, "models", [getattr(cfg, "model", None)]):
+            assert run.beta_for(model, cfg.dataset, given["beta"]) == run.CIFAR_BETA[(cfg.dataset, model)]
+            assert cfg.normalize == "imagenet" and cfg.eval_dataset == "cifar10"   # published checkpoints: pixels
+    elif cfg.dataset != "concept_world":
         for model in getattr(cfg, "models", [getattr(cfg, "model", None)]):
             assert run.beta_for(model, cfg.dataset, given["beta"]) == method.UPSTREAM_BETA[(cfg.dataset, model)]
             assert model in models.PRESETS and cfg.lr == method.UPSTREAM_LR and cfg.path_epoch == 20
+
+
+def test_pair_table_known_iou_rank_and_confusion():
+    """3 classes, one layer of 4 gates: paths {0,1}, {0,1,2}, {3} give IoU 2/3 (0/1), 0 (0/2, 1/2); predictions
+    mix classes 0 and 2 on 2 of their 4 images, 0 and 1 on 1 of 4."""
+    logits = torch.tensor([[1., 1, -1, -1], [1, 1, 1, -1], [-1, -1, -1, 1]])
+    res = method.PathResult(["a"], [0, 1, 2], ["x", "y", "z"], {"a": logits}, {"a": logits}, None, {})
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    preds = np.array([2, 1, 1, 1, 0, 2])
+    table = run.pair_table([res, res], np.eye(3)[preds], labels)
+    assert list(table.index) == ["x / z", "x / y", "y / z"]
+    assert table.loc["x / z", "confused"] == 2 and table.loc["x / z", "confusion"] == pytest.approx(0.5)
+    assert table.loc["x / y", "path IoU"] == pytest.approx(2 / 3) and table.loc["x / y", "IoU rank"] == "1 of 3"
+    assert table.loc["y / z", "path IoU"] == 0 and table.loc["y / z", "IoU rank"] == "2 of 3"
+    assert table.loc["y / z", "confused"] == 0

@@ -50,18 +50,23 @@ def test_notebook_runs_headless_on_smoke_set(name, tmp_path):
 
 @pytest.mark.notebook
 def test_decomposition_notebook_on_shared_real_data(tmp_path, monkeypatch):
-    """params/cifar10_resnet20.yaml: the whole notebook on ../shared/data, reproducing the published MI exactly."""
-    pfile = ROOT / "params" / "cifar10_resnet20.yaml"
-    shared = [v for v in yaml.safe_load(pfile.read_text()).values() if isinstance(v, str) and "shared/" in v]
+    """params/decomposition.cifar10_resnet20.yaml, on 3 training images per class (its sizes overridden): the whole
+    notebook on ../shared/data, reproducing the published MI exactly."""
+    pfile = ROOT / "params" / "decomposition.cifar10_resnet20.yaml"
+    given = yaml.safe_load(pfile.read_text())
+    shared = [v for value in given.values() for v in (value.values() if isinstance(value, dict) else [value])
+              if isinstance(v, str) and "shared/" in v]
     missing = [p for p in shared if not (ROOT / p).exists()]
     if missing:
         pytest.skip(f"shared real-data files absent: {', '.join(missing)} (see ../shared/data/README.md)")
     assert reproduce.params_file("decomposition", "cifar10_resnet20", ROOT / "params") == pfile
+    few = tmp_path / pfile.name
+    few.write_text(yaml.safe_dump(given | {"fit_per_class": 3, "train_per_class": 1, "k_grid": [5], "n_random": 3}))
     monkeypatch.setenv("NETANATOMY_REPORTS", str(tmp_path))  # the kernel writes its tables here
-    outcome = reproduce.run_one(reproduce.Run("decomposition", "decomposition", pfile), tmp_path, ROOT / "notebooks")
+    outcome = reproduce.run_one(reproduce.Run("decomposition", "decomposition", few), tmp_path, ROOT / "notebooks")
     assert outcome.status == "ok", f"failed in cell {outcome.failing_cell}: {outcome.error}"
     findings = " ".join(json.loads((tmp_path / "decomposition" / "findings.json").read_text())["findings"])
-    assert "CIFAR-10 test[0:1000]" in findings
+    assert "CIFAR-10 test[0:1000]" in findings and "CIFAR-10 (JPEG) train (30 images)" in findings
     assert "ours **0.034538** (upstream 0.034538) vs CSG **0.037509** (upstream 0.037509)" in findings
 
 

@@ -22,6 +22,8 @@ def test_mean_interval_is_the_t_interval():
     ([-1.0, -1.2, -0.9, -1.1, -1.0], stats.NOT_HELD),  # clearly below 0
     ([1.0, -1.0, 0.5, -0.5, 0.2], stats.INCONCLUSIVE),  # straddles 0
     ([0.3, 0.5], stats.INCONCLUSIVE),                  # two seeds: t(1) makes the interval wide
+    ([-1.0, -1.0], stats.INCONCLUSIVE),                # two equal differences: a zero-width interval decides nothing
+    ([-1.0, -1.0, -1.0], stats.NOT_HELD),              # three equal ones do
 ])
 def test_verdicts(diffs, verdict):
     assert stats.paired_interval(diffs, np.zeros(len(diffs))).verdict() == verdict

@@ -83,6 +83,7 @@ class CifarResNet(nn.Module):
         self.depth, self.blocks_per_stage = depth, n
         self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU()                       # a module, so NAD can gate the stem's output after its ReLU
         in_planes = stem
         for s in range(3):
             blocks = []
@@ -98,7 +99,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(torch.flatten(self.pool(out), 1))
 
@@ -193,7 +194,9 @@ PRESETS: dict[str, dict[str, list[str]]] = {
 }
 for _name, _depth in _CIFAR.items():
     _n = (_depth - 2) // 6
-    PRESETS[_name] = {"nad": ["bn1"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(_n)],
+    # NAD: after the stem's ReLU and after every residual block (upstream's ResNet-50 layout: after the
+    # stem's max-pool and after each bottleneck)
+    PRESETS[_name] = {"nad": ["relu"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(_n)],
                       "dissect": ["layer2", "layer3"], "last": ["layer3"]}
 
 

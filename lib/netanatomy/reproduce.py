@@ -40,7 +40,7 @@ from .runtime import atomic_write_text, repo_root
 #: Sets listed in params/runs.yaml: "default" (make reproduce) and "real" (make reproduce-real).
 MANIFEST_SETS = ("default", "real")
 NOTEBOOKS = ("concept_world", "nad_findpath", "nad_hitrate", "nad_subarch", "dissection", "dka",
-             "heterogeneity", "decomposition")
+             "heterogeneity", "decomposition", "anatomy")
 
 
 @dataclasses.dataclass(frozen=True)

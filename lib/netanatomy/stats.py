@@ -76,6 +76,8 @@ def within_pair_error_share(cm: pd.DataFrame, pairs: Sequence[tuple[str, str]]) 
 # ----------------------------------------------------------------------------- intervals and verdicts
 #: The three verdicts a comparison can reach.
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
+#: the fewest values (seeds, classes) whose interval may decide a verdict
+MIN_VERDICT_N = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,11 @@ class Interval:
 
     def verdict(self, above: float = 0.0) -> str:
         """'held' when the whole interval lies above `above`, 'did not hold' when it lies at or
-        below it, else 'inconclusive' (the interval allows either)."""
+        below it, else 'inconclusive' (the interval allows either). Fewer than `MIN_VERDICT_N`
+        values decide nothing: two values estimate the spread with one degree of freedom, and two
+        equal differences (e.g. unit counts) give a zero-width interval that would pass as certain."""
+        if self.n < MIN_VERDICT_N:
+            return INCONCLUSIVE
         if self.low > above:
             return HELD
         if self.high <= above:

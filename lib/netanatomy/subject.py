@@ -16,6 +16,7 @@ import dataclasses
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from . import data, models, zoo
@@ -88,13 +89,20 @@ class Data:
     progress: bool = True
     eval_dataset: str | None = None
     eval_root: Path | None = None
+    max_train: int | None = None    # at most this many training images (a seeded draw; None: all)
+    max_val: int | None = None      # at most this many evaluation images (a seeded draw; None: all)
 
     def split(self, name: str, augment: bool = False):
-        """Split 'train' or 'val' ('val' is CIFAR-10's test split), with or without training augmentation."""
+        """Split 'train' or 'val' ('val' is CIFAR-10's test split), with or without training augmentation,
+        capped at `max_train` / `max_val` images by a seeded draw (the same images for both transforms)."""
         dataset, root = (self.eval_dataset or self.dataset, self.eval_root or self.root) if name == "val" else \
             (self.dataset, self.root)
-        return data.get_dataset(dataset, root, split=name, train_aug=augment, image_size=self.image_size,
-                                normalize=self.normalize, world=self.world, progress=self.progress)
+        ds = data.get_dataset(dataset, root, split=name, train_aug=augment, image_size=self.image_size,
+                              normalize=self.normalize, world=self.world, progress=self.progress)
+        limit = self.max_val if name == "val" else self.max_train
+        if limit is None or len(ds) <= limit:
+            return ds
+        return data.Subset(ds, np.sort(np.random.default_rng(0).choice(len(ds), limit, replace=False)))
 
     @cached_property
     def train(self):
@@ -134,12 +142,17 @@ class Data:
 
     @property
     def label(self) -> str:
-        """How tables name this data, e.g. 'concept world (64 px)', 'CIFAR-10 (JPEG) train, CIFAR-10 test[0:1000]'."""
+        """How tables name this data, e.g. 'concept world (64 px)', 'CIFAR-10 (JPEG) train, CIFAR-10 test[0:1000]',
+        with the caps when set: 'CIFAR-10 (JPEG), at most 5000 training / all evaluation images'."""
         if self.world is not None:
-            return f"{_LABELS['concept_world']} ({self.input_size} px)"
-        if self.eval_dataset is None:
-            return _LABELS.get(self.dataset, self.dataset)
-        return f"{_label_of(self.dataset, self.root, 'train')}, {_label_of(self.eval_dataset, self.eval_root, 'test')}"
+            name = f"{_LABELS['concept_world']} ({self.input_size} px)"
+        elif self.eval_dataset is None:
+            name = _LABELS.get(self.dataset, self.dataset)
+        else:
+            name = f"{_label_of(self.dataset, self.root, 'train')}, {_label_of(self.eval_dataset, self.eval_root, 'test')}"
+        if self.max_train is None and self.max_val is None:
+            return name
+        return f"{name}, at most {self.max_train or 'all'} training / {self.max_val or 'all'} evaluation images"
 
     @cached_property
     def source(self):
@@ -150,8 +163,11 @@ class Data:
 
     def key(self) -> dict:
         """What identifies the data in cache keys."""
-        return {"dataset": self.dataset, "eval_dataset": self.eval_dataset, "source": self.source,
-                "image_size": self.image_size, "normalize": self.mean_std}
+        key = {"dataset": self.dataset, "eval_dataset": self.eval_dataset, "source": self.source,
+               "image_size": self.image_size, "normalize": self.mean_std}
+        if self.max_train is not None or self.max_val is not None:
+            key["limits"] = [self.max_train, self.max_val]
+        return key
 
 
 def _label_of(dataset: str, root: Path | None, split: str) -> str:
@@ -163,9 +179,14 @@ def _label_of(dataset: str, root: Path | None, split: str) -> str:
 
 def load_data(dataset: str = "concept_world", data_root: str | Path | None = None, scale_name: str = "default",
               world: str = "zoo", image_size: int | None = None, normalize=None, progress: bool = True,
-              eval_dataset: str | None = None, eval_root: str | Path | None = None) -> Data:
+              eval_dataset: str | None = None, eval_root: str | Path | None = None,
+              max_train: int | None = None, max_val: int | None = None) -> Data:
     """The splits of `dataset`: the built-in world `world` of scale `scale_name`, or the real data at
-    `data_root` (evaluated on `eval_dataset` at `eval_root` when given)."""
+    `data_root` (evaluated on `eval_dataset` at `eval_root` when given), each split capped at
+    `max_train` / `max_val` images when given (a seeded draw)."""
+    for name, value in (("max_train", max_train), ("max_val", max_val)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ParamError(name, f"must be an integer >= 1 or None, got {value!r}")
     for name, value in (("dataset", dataset), ("eval_dataset", eval_dataset)):
         if value is not None and value not in data.DATASETS:
             raise ParamError(name, f"unknown data set {value!r}; valid names: {', '.join(data.DATASETS)}")
@@ -175,13 +196,13 @@ def load_data(dataset: str = "concept_world", data_root: str | Path | None = Non
         w = scale(scale_name).worlds[world]
         if image_size is not None and image_size != w.image_size:
             w = dataclasses.replace(w, image_size=int(image_size))
-        return Data(dataset, None, w, None, normalize, progress)
+        return Data(dataset, None, w, None, normalize, progress, max_train=max_train, max_val=max_val)
     if data_root is None:
         raise ParamError("data_root", f"data set {dataset!r} needs data_root: {data.layout(dataset)}")
     if eval_dataset is not None and eval_root is None:
         raise ParamError("eval_root", f"evaluation data set {eval_dataset!r} needs eval_root: {data.layout(eval_dataset)}")
     return Data(dataset, resolve_path(data_root), None, image_size, normalize, progress, eval_dataset,
-                resolve_path(eval_root))
+                resolve_path(eval_root), max_train, max_val)
 
 
 # ----------------------------------------------------------------------------- subject

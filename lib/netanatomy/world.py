@@ -242,6 +242,22 @@ _SPECS: dict[str, dict] = {
 }
 _PARTNER = {a: b for a, b in SCENE_PAIRS} | {b: a for a, b in SCENE_PAIRS}
 
+
+def scene_concepts(scene: str) -> dict[str, list[str]]:
+    """The concepts the world plants for `scene`, by Broden category: the scene itself; sky colours drawn with
+    probability >= 0.5, the band's colours and material when the band appears with probability >= 0.5, the
+    ground's colour and material; the ground's most likely texture; the scene's object shapes, their parts and
+    its object colours (each drawn for half of the objects)."""
+    if scene not in _SPECS:
+        raise ParamError("scene", f"unknown scene {scene!r}; scenes: {', '.join(SCENES)}")
+    s = _SPECS[scene]
+    band = s["band_p"] >= 0.5
+    colors = [c for c, p in s["sky"] if p >= 0.5] + (list(s["band_colors"]) if band else []) + [s["ground"]]
+    return {"scene": [scene], "color": list(dict.fromkeys(colors + list(s["colors"]))),
+            "material": ["sky"] + ([s["band_material"]] if band else []) + [s["ground_material"]],
+            "texture": [max(s["ground_textures"], key=s["ground_textures"].get)],
+            "object": list(s["shapes"]), "part": [p for p, shape in PART_OF.items() if shape in s["shapes"]]}
+
 _C = {n: i + 1 for i, n in enumerate(COLORS)}
 _T = {n: i + 1 for i, n in enumerate(TEXTURES)}
 _M = {n: i + 1 for i, n in enumerate(MATERIALS)}

@@ -39,6 +39,9 @@ PUBLISHED = SHARED / "decomposition" / "resnet20_cifar-10_indices.json"
 PUBLISHED_CSG = SHARED / "decomposition" / "resnet20_cifar-10_csg_indices.json"
 CSG_CKPT = SHARED / "decomposition" / "best_save_CSG.pth"
 RESNET50_INDICES = SHARED / "decomposition" / "resnet50_imagenet_indices.json"
+#: Images of CIFAR-10 test[0:1000] (original pixels) the published checkpoints classify correctly
+#: (tests/test_models.py, the phase-3 brief): ResNet-20 915, ResNet-56 926.
+CORRECT_OF_1000 = {"resnet20": 915, "resnet56": 926}
 
 
 def needs(*paths: Path) -> None:

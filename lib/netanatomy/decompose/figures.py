@@ -12,9 +12,9 @@ import pandas as pd
 import seaborn as sns
 
 from ..stats import HELD, INCONCLUSIVE, NOT_HELD
-from .method import PUBLISHED, Indices, check_indices
+from .method import PUBLISHED, check_indices
 from .run import CSGResult, Config, Setup
-from .tables import MI_COLUMNS, overlap
+from .tables import MI_COLUMNS, OVERLAP_CLAIM
 
 #: Per-class plots show the first this many classes.
 MAX_CLASSES = 30
@@ -111,12 +111,12 @@ def describe_setup(S: Setup) -> list[str]:
         f"{S.num_features} pooled features, {len(S.classes)} classes."]
 
 
-def describe_overlap(ours: Indices, published: Mapping[int, Indices], S: Setup, cfg: Config) -> list[str]:
-    """How many of our indices the published file with the same n holds (nothing without one)."""
-    if cfg.n not in published:
-        return []
-    shared = overlap(ours, published[cfg.n])["shared"].sum()
-    return [f"Our indices share {shared} of {cfg.n * len(S.classes)} with the published n = {cfg.n} file."]
+def describe_overlap(table: pd.DataFrame) -> list[str]:
+    """Per published file, k and part: the indices ours share with it, against chance, with the verdict."""
+    return [f"Ours (k = {r['our k']}, n = {r['published n']}, extracted on {r['extracted on']}) share {r['shared']} "
+            f"of {r['of']} indices with the published n = {r['published n']} file (random sets: {r['chance']:.1f} "
+            f"expected); excess per class {r['excess per class']:+.2f} [{r['95% low']:+.2f}, {r['95% high']:+.2f}] "
+            f"over {r['unit']}: {OVERLAP_CLAIM}: **{r['verdict']}**" for _, r in table.iterrows()]
 
 
 def describe_csg(csg: CSGResult | None, S: Setup) -> str:

@@ -44,7 +44,9 @@ class Config(RunConfig):
     model: str = param("small_resnet", choice(*models.MODEL_NAMES), "architecture")
     weights: str | None = param(None, optional(text()), "checkpoint (None: the zoo's model on the concept world)")
     dataset: str = param("concept_world", choice(*data.DATASETS), "data set")
-    data_root: str | None = param(None, optional(text()), "real data: a folder or the CIFAR-10 .npz")
+    data_root: str | None = param(None, optional(text()), "real data: a folder, the CIFAR-10 .npz or JPEG archive")
+    eval_dataset: str | None = param(None, optional(choice(*data.DATASETS)), "evaluation data set (None: dataset's test split)")
+    eval_root: str | None = param(None, optional(text()), "evaluation data: a folder or the CIFAR-10 .npz")
     normalize: str = param("imagenet", choice("imagenet", "cifar10"), "CIFAR-10 input normalisation")
     k: int = param(5, integer(1), "top-k features per image in the frequency histogram")
     n: int = param(5, integer(1), "influential features per class |S_c|")
@@ -66,6 +68,8 @@ class Config(RunConfig):
     mi_self_pairs: bool = param(True, boolean(), "MI average includes self-pairs (upstream)")
     n_random: int = param(100, integer(2, 10_000), "random index sets (and noise draws) per control")
     fit_fraction: float = param(0.5, number(0, 1, lo_open=True, hi_open=True), "test-only data: fit share")
+    fit_per_class: int | None = param(None, optional(integer(1)), "index extraction: first images per class")
+    train_per_class: int | None = param(None, optional(integer(1)), "finetuning / CSG: first images per class")
     max_train_images: int | None = param(None, optional(integer(1)), "cap on finetuning / CSG images")
     max_fit_images: int | None = param(None, optional(integer(1)), "cap on index-extraction images")
     max_eval_images: int | None = param(None, optional(integer(2)), "cap on evaluation images")
@@ -84,6 +88,10 @@ class Config(RunConfig):
             require(self.data_root is not None, "data_root", f"data set {self.dataset!r} needs data_root: "
                                                              f"{data.layout(self.dataset)}")
             files.existing("data_root", self.data_root, data.layout(self.dataset))
+        if self.eval_dataset is not None:
+            require(self.eval_root is not None, "eval_root", f"evaluation data set {self.eval_dataset!r} needs "
+                                                             f"eval_root: {data.layout(self.eval_dataset)}")
+            files.existing("eval_root", self.eval_root, data.layout(self.eval_dataset))
         for path in (self.published_indices or {}).values():
             files.existing("published_indices", path, files.INDEX_LAYOUT)
         files.existing("csg_checkpoint", self.csg_checkpoint, "a CSG checkpoint (model_state_dict with 'csg')")
@@ -115,6 +123,7 @@ class Setup:
     train_ds: Dataset          # finetuning and CSG training (with augmentation)
     fit_label: str
     eval_label: str
+    train_label: str
     notes: list[str]
     reference: bool            # the seed's ResNet-20 / CIFAR-10 numbers apply
     all_label: str | None = None  # fit + eval together, when both are parts of one test set
@@ -146,33 +155,64 @@ def _subset(ds, positions, limit: int | None, seed: int) -> data.Subset:
     return data.Subset(ds, positions.tolist())
 
 
-def _split_parts(cfg: Config, subject: Subject) -> dict:
-    """Fit and training parts from the training split, eval part = the validation (CIFAR-10: test) split."""
-    d = subject.data
-    fit_ds = _subset(d.train, np.arange(len(d.train)), cfg.max_fit_images, cfg.seed + 1)
-    train_ds = _subset(d.train_aug, np.arange(len(d.train_aug)), cfg.max_train_images, cfg.seed)
+def _first_per_class(ds, count: int | None, param_name: str) -> np.ndarray:
+    """Positions of the first `count` items of each class of `ds` (its order; all items for None)."""
+    targets = np.asarray(ds.targets)
+    if count is None:
+        return np.arange(len(targets))
+    per_class = [np.flatnonzero(targets == c) for c in np.unique(targets)]
+    smallest = min(len(p) for p in per_class)
+    require(count <= smallest, param_name, f"must be at most {smallest}, the images of the smallest training class")
+    return np.sort(np.concatenate([p[:count] for p in per_class]))
+
+
+def _split_labels(d: Data) -> tuple[str, str]:
+    """How tables name the training and the evaluation images, e.g. 'CIFAR-10 (JPEG) train' and
+    'CIFAR-10 test[0:1000]' (`Data.label` joins the two with ', ' when they come from two sources)."""
+    if d.eval_dataset is not None:
+        train, evaluation = d.label.split(", ")
+        return train, evaluation
     name = "concept world" if d.world is not None else d.label
-    eval_name = "test" if d.dataset in CIFAR10 else "val"
+    return f"{name} train", f"{name} {'test' if d.dataset in CIFAR10 else 'val'}"
+
+
+def _split_parts(cfg: Config, subject: Subject) -> dict:
+    """Fit and training parts from the training split (the first `fit_per_class` / `train_per_class`
+    images of each class, then the seeded caps), eval part = the validation (CIFAR-10: test) split,
+    or the evaluation source (`eval_dataset`)."""
+    d = subject.data
+    fit_pos = _first_per_class(d.train, cfg.fit_per_class, "fit_per_class")
+    train_pos = _first_per_class(d.train, cfg.train_per_class, "train_per_class")
+    fit_ds = _subset(d.train, fit_pos, cfg.max_fit_images, cfg.seed + 1)
+    train_ds = _subset(d.train_aug, train_pos, cfg.max_train_images, cfg.seed)
+    eval_ds = _subset(d.val, np.arange(len(d.val)), cfg.max_eval_images, cfg.seed + 2)
+    train_name, eval_name = _split_labels(d)
     notes = []
     if subject.val_acc is not None:
         notes.append(f"built-in {subject.name} from the zoo (scale {cfg.scale!r}), validation accuracy "
                      f"{100 * subject.val_acc:.2f} %")
-    if len(fit_ds) < len(d.train):
-        notes.append(f"indices are extracted on a seeded subset of {len(fit_ds)} of the {len(d.train)} "
-                     "training images (max_fit_images)")
-    if len(train_ds) < len(d.train_aug):
-        notes.append(f"finetuning and CSG training use a seeded subset of {len(train_ds)} of the "
-                     f"{len(d.train_aug)} training images (max_train_images)")
-    eval_ds = _subset(d.val, np.arange(len(d.val)), cfg.max_eval_images, cfg.seed + 2)
+    for what, ds, per_class, names in (
+            ("indices are extracted on", fit_ds, cfg.fit_per_class, ("fit_per_class", "max_fit_images")),
+            ("finetuning and CSG training use", train_ds, cfg.train_per_class, ("train_per_class", "max_train_images"))):
+        chosen = len(d.train) if per_class is None else per_class * len(d.classes)
+        if per_class is not None:
+            notes.append(f"{what} the first {per_class} images of each class ({chosen} of the {len(d.train)} "
+                         f"{train_name} images; {names[0]})")
+        if len(ds) < chosen:
+            notes.append(f"{what} a seeded subset of {len(ds)} of those {chosen} images ({names[1]})")
     if len(eval_ds) < len(d.val):
         notes.append(f"every accuracy is measured on a seeded subset of {len(eval_ds)} of the {len(d.val)} "
                      f"{eval_name} images (max_eval_images)")
-    return dict(fit_ds=fit_ds, eval_ds=eval_ds, train_ds=train_ds, fit_label=f"{name} train ({len(fit_ds)} images)",
-                eval_label=f"{name} {eval_name} ({len(eval_ds)} images)", notes=notes)
+    return dict(fit_ds=fit_ds, eval_ds=eval_ds, train_ds=train_ds, fit_label=f"{train_name} ({len(fit_ds)} images)",
+                eval_label=f"{eval_name} ({len(eval_ds)} images)", train_label=f"{train_name} ({len(train_ds)} images)",
+                notes=notes)
 
 
 def _test_split_parts(cfg: Config, d: Data) -> dict:
     """Test images only (the shared CIFAR-10 .npz): split per class, seeded, into a fit and an eval part."""
+    for name in ("fit_per_class", "train_per_class"):
+        require(getattr(cfg, name) is None, name, f"applies to training images; {d.root.name} holds test images "
+                                                  "only (fit_fraction sets its fit part; or give eval_dataset)")
     full = d.val
     fit_pos, eval_pos = data.split_indices(len(full), fraction=cfg.fit_fraction, seed=cfg.seed, labels=full.targets)
     fit_ds, eval_ds = data.Subset(full, fit_pos), _subset(full, eval_pos, cfg.max_eval_images, cfg.seed + 2)
@@ -180,15 +220,17 @@ def _test_split_parts(cfg: Config, d: Data) -> dict:
     note = (f"only the first {len(full)} CIFAR-10 test images are available: they are split per class "
             f"(seed {cfg.seed}) into a fit part ({len(fit_ds)}: index extraction, finetuning, CSG training) "
             f"and an eval part ({len(eval_ds)}: every accuracy); numbers are '{base}', not the full test set")
-    return dict(fit_ds=fit_ds, eval_ds=eval_ds, train_ds=_subset(d.split("val", augment=True), fit_pos,
-                                                                 cfg.max_train_images, cfg.seed),
-                fit_label=f"{base} fit part ({len(fit_ds)} images)", eval_label=f"{base} eval part ({len(eval_ds)} images)",
+    train_ds = _subset(d.split("val", augment=True), fit_pos, cfg.max_train_images, cfg.seed)
+    return dict(fit_ds=fit_ds, eval_ds=eval_ds, train_ds=train_ds, fit_label=f"{base} fit part ({len(fit_ds)} images)",
+                eval_label=f"{base} eval part ({len(eval_ds)} images)",
+                train_label=f"{base} fit part ({len(train_ds)} images)",
                 all_label=f"{base} all ({len(full)} images)", notes=[note])
 
 
 def _data_key(S: Setup, cfg: Config) -> dict:
     """What decides the images of every part (for cache keys)."""
     return {"data": S.subject.data.key(), "fit_fraction": cfg.fit_fraction, "seed": cfg.seed,
+            "fit_per_class": cfg.fit_per_class, "train_per_class": cfg.train_per_class,
             "max_fit_images": cfg.max_fit_images, "max_train_images": cfg.max_train_images,
             "max_eval_images": cfg.max_eval_images}
 
@@ -217,21 +259,24 @@ def features(model: nn.Module, part: str, S: Setup, cfg: Config, label: str = ""
 def setup(cfg: Config) -> Setup:
     """The subject (`load_subject`: the zoo's model, or a checkpoint on real data), its parts and features.
 
-    CIFAR-10 from the shared `cifar10_test_first1000.npz` (test images only) is split per class,
-    seeded, into a fit part (`fit_fraction`: index extraction, finetuning, CSG training) and an
-    eval part (accuracy, essentiality); other data use the training and validation splits.
+    Upstream's protocol: indices extracted on the training images, every accuracy on the test (or
+    `eval_dataset`) images, e.g. CIFAR-10 (JPEG) train and the original pixels of CIFAR-10
+    test[0:1000]. CIFAR-10 from the shared `cifar10_test_first1000.npz` alone (test images only) is
+    split per class, seeded, into a fit part (`fit_fraction`: index extraction, finetuning, CSG
+    training) and an eval part (accuracy, essentiality).
     """
     subject = load_subject(cfg.model, cfg.dataset, cfg.data_root, cfg.weights, cfg.scale, cfg.device, cfg.progress,
-                           normalize=cfg.normalize if cfg.dataset in CIFAR10 else None)
+                           normalize=cfg.normalize if cfg.dataset in CIFAR10 else None,
+                           eval_dataset=cfg.eval_dataset, eval_root=cfg.eval_root)
     d = subject.data
     if len(d.classes) < 2:
         raise DataError(d.root or d.dataset, f"has {len(d.classes)} class; a classifier needs at least 2",
                         data.layout(d.dataset))
-    test_only = d.dataset == "cifar10" and d.root.is_file()
+    test_only = d.dataset == "cifar10" and d.root.is_file() and d.eval_dataset is None
     parts = _test_split_parts(cfg, d) if test_only else _split_parts(cfg, subject)
     if d.dataset in CIFAR10:
         parts["notes"].append(f"inputs normalised with {cfg.normalize} mean/std {d.mean_std}")
-    S = Setup(subject, **parts, reference=cfg.dataset == "cifar10" and cfg.model == "resnet20")
+    S = Setup(subject, **parts, reference=(cfg.eval_dataset or cfg.dataset) == "cifar10" and cfg.model == "resnet20")
     S.feats_fit, S.feats_eval = features(S.model, "fit", S, cfg), features(S.model, "eval", S, cfg)
     return S
 
@@ -333,7 +378,7 @@ def csg_baseline(S: Setup, cfg: Config) -> CSGResult | None:
         source = f"checkpoint {path.name}"
     else:
         net, history = _trained_csg(S, cfg)
-        source = f"trained {cfg.csg_epochs} epoch(s) from the run's model on {S.fit_label}"
+        source = f"trained {cfg.csg_epochs} epoch(s) from the run's model on {S.train_label}"
     net.eval().to(pick_device(cfg.device))
     return CSGResult(net, source, features(net.net, "eval", S, cfg, "CSG"), history)
 

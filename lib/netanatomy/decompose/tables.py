@@ -34,6 +34,32 @@ def overlap(a: Mapping, b: Mapping) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+OVERLAP_CLAIM = "our indices share more with the published ones than random sets of the same size would"
+
+
+def overlap_table(S: Setup, published: Mapping[int, Indices], cfg: Config) -> pd.DataFrame:
+    """Our indices against each published file of n indices per class: extracted on the fit part with
+    k = n (upstream's file names pair them: `_10_10`, `_20_20`) and with cfg.k, and, as a diagnostic
+    of the data's influence (not the protocol), on the eval part with k = n. Per row: the indices
+    shared out of C * n, the mean Jaccard index, and per class the excess over chance,
+    shared - n^2 / D (the expected overlap of a random n-set with a fixed one), with its 95 %
+    interval over classes."""
+    rows = []
+    for n, theirs in published.items():
+        runs = [(S.fit_label, S.feats_fit, k) for k in sorted({n, cfg.k})] + [(S.eval_label, S.feats_eval, n)]
+        for label, feats, k in runs:
+            ours, _ = method.influential_indices(feats.features, feats.labels, len(S.classes), k, n)
+            per_class = overlap(ours, theirs)
+            chance = n * n / S.num_features
+            iv = mean_interval(per_class["shared"].to_numpy() - chance)
+            rows.append({"published n": n, "our k": k, "extracted on": label, "shared": int(per_class["shared"].sum()),
+                         "of": n * len(S.classes), "chance": round(chance * len(S.classes), 2),
+                         "mean jaccard": round(per_class["jaccard"].mean(), 3), "excess per class": round(iv.mean, 2),
+                         "95% low": round(iv.low, 2), "95% high": round(iv.high, 2),
+                         "unit": f"{len(S.classes)} classes", "verdict": iv.verdict()})
+    return pd.DataFrame(rows)
+
+
 def index_table(index_sets: Mapping[str, Mapping], classes: Sequence[str]) -> pd.DataFrame:
     """Classes x methods: each method's feature indices per class."""
     return pd.DataFrame({name: [", ".join(map(str, idx[c])) for c in range(len(classes))]

@@ -1,6 +1,7 @@
-"""Network Dissection's figures: detectors by layer and category, IoU distributions, NetDissect's
-concept bar graph, the paper's cross-network figure (`plot_published_figure`), unit galleries (top
-images with the mask above T_k), the HTML report, and the findings prose (`describe`)."""
+"""Network Dissection's figures: detectors by layer and category, interpretability by depth
+(`plot_depth`), IoU distributions, NetDissect's concept bar graph, the paper's cross-network figure
+(`plot_published_figure`), unit galleries (top images with the mask above T_k), the HTML report,
+and the findings prose (`describe`, `describe_depth`, `describe_published`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from .. import broden as brd
 from ..report import html_page, png_data_uri
 from ..runtime import atomic_write_text
 from .method import tally_categories
-from .run import LayerDissection, detectors_per_category, safe_name, save_results
+from .run import LayerDissection
+from .tables import detectors_per_category, safe_name, save_results, summary_table
 
 
 #: The network names printed on the paper's cross-network figure, from NetDissect's
@@ -51,11 +53,42 @@ def plot_detectors(results, iou_threshold: float = 0.04, counting: str = "top_la
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.6))
     sns.barplot(data=df, x="category", y="detectors", hue="layer", ax=ax)
+    layers = df["layer"].nunique()
+    ax.legend(title="layer", fontsize=7, ncol=1 + layers // 15, bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.set_xlabel("concept category" + (" (of the unit's top label)" if counting == "top_label"
                                         else " (the unit's best label within it)"))
     ax.set_ylabel(f"units with IoU >= {iou_threshold:g}")
     ax.set_title(f"Detectors per category by layer ({counting} counting)")
+    ax.figure.tight_layout()
     return ax.figure
+
+
+def plot_depth(results, iou_threshold: float = 0.04, counting: str = "paper"):
+    """Interpretability by depth, layers in the given order: the share of units that are detectors
+    (left) and the unique detectors per category, stacked (right), both under `counting`."""
+    table = summary_table(results, iou_threshold, counting)
+    uniq = detectors_per_category(results, iou_threshold, unique=True, counting=counting)
+    wide = uniq.pivot_table(index="layer", columns="category", values="unique concepts", sort=False)
+    wide = wide.loc[list(table["layer"])]
+    x = np.arange(len(table))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(9.0, 0.5 * len(x) + 5), 3.8))
+    left.plot(x, table["detector share"], marker="o")
+    left.set_ylim(0, 1)
+    left.set_ylabel(f"share of units with IoU >= {iou_threshold:g}")
+    left.set_title("Detectors by depth")
+    bottom = np.zeros(len(x))
+    for cat, color in zip(wide.columns, sns.color_palette("tab10", len(wide.columns))):
+        right.bar(x, wide[cat].to_numpy(), bottom=bottom, color=color, label=cat)
+        bottom += wide[cat].to_numpy()
+    right.set_ylabel("unique detectors")
+    right.set_title(f"Unique detectors per category by depth ({counting} counting)")
+    right.legend(fontsize=8, title="category", bbox_to_anchor=(1.01, 1), loc="upper left")
+    for ax in (left, right):
+        ax.set_xticks(x)
+        ax.set_xticklabels(table["layer"], rotation=60, ha="right", fontsize=8)
+        ax.set_xlabel("layer (input to output)")
+    fig.tight_layout()
+    return fig
 
 
 def plot_published_figure(figure: pd.DataFrame, ax=None):
@@ -221,7 +254,7 @@ def write_report(results: Mapping[str, LayerDissection], out_dir: str | Path, br
 
 def describe(results: Mapping[str, LayerDissection], coverage: pd.DataFrame, counting: str = "top_label") -> str:
     """Markdown stating the detectors per layer and how many of the data set's concepts got a
-    detector (`coverage` from `run.planted_coverage` under the same `counting`)."""
+    detector (`coverage` from `tables.planted_coverage` under the same `counting`)."""
     parts = []
     for layer, res in results.items():
         s, t = res.summary(counting), res.summary("top_label" if counting == "paper" else "paper")
@@ -232,6 +265,20 @@ def describe(results: Mapping[str, LayerDissection], coverage: pd.DataFrame, cou
     per = ", ".join(f"{r['category']} {r['with detector']}/{r['concepts']}" for _, r in coverage.iterrows())
     return ("; ".join(parts) + f". Over all dissected layers, {hit} of the {total} concepts present in the data "
             f"set have at least one detector unit ({per}; {counting} counting).")
+
+
+def describe_depth(results: Mapping[str, LayerDissection], counting: str = "paper") -> str:
+    """Markdown stating, from the first to the last dissected layer (in the given order), the share of
+    units that are detectors and the unique detectors of each category present, under `counting`."""
+    first, last = next(iter(results)), list(results)[-1]
+    a, b = results[first].summary(counting), results[last].summary(counting)
+    per = ", ".join(f"{c} {a['unique_per_category'][c]} -> {b['unique_per_category'][c]}"
+                    for c in a["unique_per_category"] if a["unique_per_category"][c] or b["unique_per_category"][c])
+    return (f"From `{first}` to `{last}` ({len(results)} layers): detectors {a['interpretable']}/{a['units']} "
+            f"({a['interpretable'] / max(1, a['units']):.2f}) -> {b['interpretable']}/{b['units']} "
+            f"({b['interpretable'] / max(1, b['units']):.2f}); unique detectors {a['unique_concepts']} -> "
+            f"{b['unique_concepts']} ({per + '; ' if per else ''}{counting} counting). One model on one image sample: no verdict "
+            f"is drawn from these counts.")
 
 
 def describe_published(published) -> str:

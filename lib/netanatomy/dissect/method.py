@@ -163,6 +163,16 @@ class UnitThresholds:
         self.buffer.add(flat)
         self.top.add(acts.amax(dim=(2, 3)).t(), idx)
 
+    def merge(self, other: "UnitThresholds") -> None:
+        """Add the statistic of another part of the data (exact for 'exact'; for 'sample' the union
+        of the parts' samples, each drawn by its own generator)."""
+        if not other.units:
+            return
+        if not self.units:
+            self._size(other.units, other.hw)
+        self.buffer.merge(other.buffer)
+        self.top.merge(other.top)
+
     def state_dict(self) -> dict:
         return {"units": self.units, "hw": self.hw, "gen": self.gen.get_state(),
                 "buffer": self.buffer.state_dict(), "top": self.top.state_dict()}

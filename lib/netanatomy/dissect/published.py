@@ -20,7 +20,7 @@ import scipy.io
 from ..errors import DataError
 from ..runtime import resolve_path
 from .method import COUNTINGS, PUBLISHED_CONCEPTS, PUBLISHED_CSV, tally_summary
-from .run import read_tally
+from .tables import read_tally
 
 
 def read_published_figure(path: str | Path) -> pd.DataFrame:
@@ -95,13 +95,17 @@ def load_published(mat: str | Path | None, csvs: str | Path | None, iou_threshol
     """`read_published_figure(mat)` and `published_counts(csvs)`, each skipped with a note when absent."""
     notes, figure, counts = [], None, None
     mat_path, csv_dir = resolve_path(mat), resolve_path(csvs)
-    if mat_path is None or not mat_path.is_file():
+    if mat_path is None:
+        notes.append("The paper's cross-network figure is not drawn (`published_mat` is None).")
+    elif not mat_path.is_file():
         notes.append(f"The paper's cross-network figure is skipped: `{mat}` is absent (NetDissect's "
                      f"`plot/semantics_cvpr_release.mat`; set `published_mat` to its path).")
     else:
         figure = read_published_figure(mat_path)
     found = csv_dir is not None and csv_dir.is_dir() and any((csv_dir / f"{n}.csv").is_file() for n in PUBLISHED_CSV)
-    if not found:
+    if csv_dir is None:
+        notes.append("The published per-unit tallies are not counted (`published_csvs` is None).")
+    elif not found:
         notes.append(f"The published per-unit tallies are skipped: no `{'`, `'.join(PUBLISHED_CSV)}` .csv in "
                      f"`{csvs}` (NetDissect's `plot/` folder; set `published_csvs`).")
     else:

@@ -1,4 +1,4 @@
-"""Running Network Dissection: its configs, the cached two-pass `dissect`, and the result tables.
+"""Running Network Dissection: its configs and the cached two-pass `dissect`.
 
 - `DissectConfig`: how to dissect (the paper's quantile and IoU threshold, union rule, buffers,
   batches, caching); `Config` adds what the notebook dissects (model, weights, layers, data).
@@ -6,18 +6,16 @@
   `netanatomy.streaming.tally` of `method.UnitThresholds` / `method.UnitTally` cached with
   `netanatomy.cache.cached` (resumable), then IoU and the tally per layer (`LayerDissection`).
 - `world_broden(world)`: a concept world's validation split exported as Broden (cached).
-- `study(cfg)`: the notebook's run (subject, layers, data, dissection).
-- Tables: `summary_table`, `detectors_per_category`, `planted_coverage` (each under a `counting` of
-  `method.tally_summary`; the library's default is NetDissect-Lite's 'top_label', the notebook's
-  `Config.counting` is the paper's); files: `save_results`,
-  `read_tally` (ours or a published NetDissect tally.csv; `published` reads the paper's files).
+- `study(cfg)`: the notebook's run (subject, layers, data, dissection); `unit_labels(cfg, layer)`:
+  one layer's per-unit labels from that run (cached), for notebooks that read them.
+The result tables and tally files are in `tables`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,20 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import broden as brd
-from .. import cache, data, models, streaming
+from .. import cache, data, distributed, models, streaming
 from ..config import RunConfig, boolean, choice, either, integer, items, number, optional, param, text
-from ..errors import DataError, ParamError
+from ..errors import ParamError
 from ..hooks import get_module, run as run_model, trace
-from ..runtime import atomic_write_csv, cache_dir, pick_device, resolve_path, weights_fingerprint
+from ..runtime import cache_dir, resolve_path, weights_fingerprint
 from ..subject import Subject, load_subject, scale as builtin_scale
 from ..world import WorldConfig
-from .method import (COUNTINGS, IDENTITY_FIELD, LITE_NORMALIZE, NO_LABEL, QUANTILE_METHODS, UNION_RULES,
+from .method import (COUNTINGS, IDENTITY_FIELD, LITE_NORMALIZE, QUANTILE_METHODS, UNION_RULES,
                      UPSAMPLINGS, UnitTally, UnitThresholds, compose_fieldmap, iou_from_counts, layer_fieldmap,
                      make_tally, receptive_field_grid, tally_summary)
 
 #: Architectures the zoo trains on the concept world (the others need `weights`).
 ZOO_MODELS = ("small_vgg", "small_resnet")
-TALLY_BASE = ("unit", "category", "label", "score")
 #: Where the shared data keep NetDissect's published files (relative paths resolve from the repo root too).
 PUBLISHED_DIR = "../shared/data/dissection"
 
@@ -115,6 +112,8 @@ class Config(DissectConfig):
     layers: Any = param("dissect", either(text(), items(text(), unique=True), expected="a preset or layer names"),
                         "a layer preset of the model or a list of layer names")
     broden_root: str | None = param(None, optional(text()), "Broden folder (None: the concept world as Broden)")
+    world_size: int | None = param(None, optional(integer(16, 1024)),
+                                   "image size of the exported concept world (None: the scale's world's own)")
     input_size: int | None = param(None, optional(integer(8, 4096)), "model input size (None: the images' own)")
     gallery_units: int = param(8, integer(1, 64), "units shown inline in the gallery")
     counting: str = param("paper", choice(*COUNTINGS),
@@ -139,6 +138,8 @@ class Config(DissectConfig):
         else:  # names checked on the bare architecture (cheap), before any weights are loaded or trained
             models.resolve_layers(models.build(self.model, self.num_classes or 2), self.model, self.layers)
         if self.broden_root is not None:
+            if self.world_size is not None:
+                raise ParamError("world_size", "applies to the exported concept world only; set broden_root to None")
             brd.open_broden(self.broden_root, self.categories, self.split)
         else:  # the concept world's export: its categories, one split 'val'
             unknown = [c for c in self.categories or () if c not in brd.WORLD_LAYOUT]
@@ -187,6 +188,16 @@ class LayerDissection:
         """units, interpretable (detectors), unique_concepts, per_category {cat: detectors},
         unique_per_category under `counting` ('top_label' or 'paper': `method.tally_summary`)."""
         return tally_summary(self.tally, self.iou_threshold, self.categories, counting)
+
+    def unit_labels(self) -> pd.DataFrame:
+        """One row per unit in channel order: unit (0-based channel index), concept (its top label
+        over all categories, '-' when it overlaps no label), category, iou, and detector
+        (iou >= the IoU threshold): NetDissect-Lite's per-unit label, the tally's first four columns."""
+        t = self.tally.sort_values("unit", kind="stable")
+        return pd.DataFrame({"unit": t["unit"].to_numpy(int) - 1, "concept": t["label"].astype(str).to_numpy(),
+                             "category": t["category"].astype(str).to_numpy(),
+                             "iou": t["score"].to_numpy(float),
+                             "detector": t["score"].to_numpy(float) >= self.iou_threshold})
 
 
 # ----------------------------------------------------------------------------- data and activations
@@ -328,7 +339,7 @@ def dissect(model: nn.Module, layers: Sequence[str] | str, broden_root: str | Pa
     ds = brd.open_broden(broden_root, cfg.categories, cfg.split)
     size = _model_input_size(ds, input_size)
     mean_t, std_t = mean_std(cfg.normalize, ds.root)
-    device = pick_device(cfg.device)
+    device = distributed.device(cfg.device)
     probe = _Probe(model, layers, size, torch.tensor(mean_t, device=device).view(1, 3, 1, 1),
                    torch.tensor(std_t, device=device).view(1, 3, 1, 1), device)
     key1 = dict(weights=weights_fingerprint(model), layers=layers, data=data.fingerprint(ds.root), split=cfg.split,
@@ -365,23 +376,45 @@ def dissect(model: nn.Module, layers: Sequence[str] | str, broden_root: str | Pa
 
 def _activations(probe: _Probe, stats: streaming.Stats, dataset, collate_fn, cfg: DissectConfig,
                  checkpoint: cache.Checkpoint, desc: str):
-    """(activations per layer, batch) for each batch of `dataset`, via the resumable `streaming.tally`."""
-    for batch in streaming.tally(stats, dataset, checkpoint, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                 collate_fn=collate_fn, checkpoint_every=cfg.checkpoint_every,
-                                 progress=cfg.progress, desc=desc):
+    """(activations per layer, batch) for each batch of `dataset`, via the resumable `streaming.tally`.
+    Under torchrun each rank reads its own block of the images (`distributed.block`), with its own
+    checkpoint; `_all_ranks` then merges the statistics."""
+    part = data.Subset(dataset, distributed.block(len(dataset)))
+    for batch in streaming.tally(stats, part, distributed.own_checkpoint(checkpoint), batch_size=cfg.batch_size,
+                                 num_workers=cfg.num_workers, collate_fn=collate_fn,
+                                 checkpoint_every=cfg.checkpoint_every, progress=cfg.progress, desc=desc):
         yield probe(batch[0]), batch
+
+
+def _all_ranks(stats: streaming.Stats, fresh, checkpoint: cache.Checkpoint) -> streaming.Stats:
+    """`stats` of this rank's images merged with every other rank's, in rank order (exact: top buffers
+    and counts merge exactly), the same on every rank; `stats` itself in one process. `fresh()` builds
+    empty statistics. The rank's own checkpoint is cleared once every rank holds the parts."""
+    states = distributed.gather(stats.state_dict())
+    if len(states) == 1:
+        return stats
+    distributed.own_checkpoint(checkpoint).clear()
+    total = fresh()
+    for state in states:
+        part = fresh()
+        part.load_state_dict(state)
+        total.merge(part)
+    return total
 
 
 def _thresholds(probe: _Probe, ds: brd.BrodenDataset, cfg: DissectConfig, checkpoint: cache.Checkpoint) -> dict:
     """Pass 1: each layer's `UnitThresholds` result."""
-    stats = streaming.Stats({name: UnitThresholds(len(ds), cfg.quantile, cfg.quantile_method, cfg.max_buffer,
-                                                  cfg.top_images, seed=cfg.seed * 1_000_003 + j)
-                             for j, name in enumerate(probe.layers)})
+    def fresh() -> streaming.Stats:
+        return streaming.Stats({name: UnitThresholds(len(ds), cfg.quantile, cfg.quantile_method, cfg.max_buffer,
+                                                     cfg.top_images, seed=cfg.seed * 1_000_003 + j)
+                                for j, name in enumerate(probe.layers)})
+
+    stats = fresh()
     for acts, (_, idx) in _activations(probe, stats, _Images(ds), _collate_images, cfg, checkpoint,
                                        "dissect: thresholds"):
         for name, stat in stats.items():
             stat.add(acts[name], idx)
-    return {name: stat.result() for name, stat in stats.items()}
+    return {name: stat.result() for name, stat in _all_ranks(stats, fresh, checkpoint).items()}
 
 
 def _tally(probe: _Probe, ds: brd.BrodenDataset, cfg: DissectConfig, pass1: dict,
@@ -389,12 +422,17 @@ def _tally(probe: _Probe, ds: brd.BrodenDataset, cfg: DissectConfig, pass1: dict
     """Pass 2: each layer's `UnitTally` result (G is the same for every layer; it is tallied per layer)."""
     labelcat = torch.from_numpy(ds.labelcat)
     grids = _grids(probe, ds, pass1, cfg)
-    stats = streaming.Stats({name: UnitTally(p1["thresholds"], labelcat, p1["top_idx"], p1["hw"], cfg.union_rule,
-                                             cfg.tally_chunk, grids[name]) for name, p1 in pass1.items()})
+
+    def fresh() -> streaming.Stats:
+        return streaming.Stats({name: UnitTally(p1["thresholds"], labelcat, p1["top_idx"], p1["hw"],
+                                                cfg.union_rule, cfg.tally_chunk, grids[name])
+                                for name, p1 in pass1.items()})
+
+    stats = fresh()
     for acts, (_, seg, scal, idx) in _activations(probe, stats, ds, brd.collate, cfg, checkpoint, "dissect: tally"):
         for name, stat in stats.items():
             stat.add(acts[name], seg, scal, idx)
-    return {name: stat.result() for name, stat in stats.items()}
+    return {name: stat.result() for name, stat in _all_ranks(stats, fresh, checkpoint).items()}
 
 
 # ----------------------------------------------------------------------------- the notebook's study
@@ -416,117 +454,25 @@ def study(cfg: Config) -> Study:
                            cfg.scale, cfg.device, cfg.progress, num_classes=cfg.num_classes)
     names = models.resolve_layers(subject.model, cfg.model, cfg.layers)
     world = builtin_scale(cfg.scale).world
+    if cfg.world_size is not None:
+        world = dataclasses.replace(world, image_size=cfg.world_size)
     root = Path(cfg.broden_root) if cfg.broden_root is not None else world_broden(world, cfg.progress)
     return Study(subject, names, root, dissect(subject.model, names, root, cfg, input_size=cfg.input_size))
 
 
+def unit_labels(cfg: Config, layer: str) -> pd.DataFrame:
+    """Per-unit labels of `layer` (`LayerDissection.unit_labels`: unit, concept, category, iou,
+    detector) from the dissection notebook's run with `cfg`, read from the cache when the notebook
+    (or an earlier call) has run with the same parameters, else computed and cached.
+
+    `cfg` holds the notebook's parameters, e.g. for a parameter set: ``Config.from_params(
+    params.with_defaults("dissection", cli.read_params("params/dissection.cifar10_resnet20.yaml")))``;
+    `layer` must be one of the dissected layers (``cfg.layers``)."""
+    names = models.resolve_layers(models.build(cfg.model, cfg.num_classes or 2), cfg.model, cfg.layers)
+    if layer not in names:
+        raise ParamError("layer", f"{layer!r} is not a dissected layer of this configuration; dissected: "
+                                  f"{', '.join(names)}")
+    return study(cfg).results[layer].unit_labels()
+
+
 # ----------------------------------------------------------------------------- tables and files
-
-def _summaries(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float, counting: str):
-    for layer, res in results.items():
-        tally = res.tally if isinstance(res, LayerDissection) else res
-        thr = res.iou_threshold if isinstance(res, LayerDissection) else iou_threshold
-        cats = res.categories if isinstance(res, LayerDissection) else None
-        yield layer, tally_summary(tally, thr, cats, counting)
-
-
-def summary_table(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float = 0.04,
-                  counting: str = "top_label") -> pd.DataFrame:
-    """One row per layer: units, detectors, share, unique detectors under both countings, and the
-    detectors per category under `counting`."""
-    rows = []
-    other = {"paper": "top_label", "top_label": "paper"}[counting]
-    for (layer, s), (_, t) in zip(_summaries(results, iou_threshold, counting),
-                                  _summaries(results, iou_threshold, other)):
-        row = {"layer": layer, "units": s["units"], "detectors": s["interpretable"],
-               "detector share": round(s["interpretable"] / max(1, s["units"]), 3),
-               f"unique detectors ({counting})": s["unique_concepts"],
-               f"unique detectors ({other})": t["unique_concepts"]}
-        row.update({f"{c} detectors": n for c, n in s["per_category"].items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def detectors_per_category(results: Mapping[str, LayerDissection | pd.DataFrame], iou_threshold: float = 0.04,
-                           unique: bool = False, counting: str = "top_label") -> pd.DataFrame:
-    """Long table (layer, category, detectors or unique concepts) under `counting` for the per-layer plot."""
-    column = "unique concepts" if unique else "detectors"
-    return pd.DataFrame([{"layer": layer, "category": c, column: n}
-                         for layer, s in _summaries(results, iou_threshold, counting)
-                         for c, n in s["unique_per_category" if unique else "per_category"].items()])
-
-
-def _detected(res: LayerDissection, thr: float, counting: str) -> set[tuple[str, str]]:
-    """(category, label) pairs with a detector in the layer under `counting`."""
-    if counting == "top_label":
-        det = res.tally[res.tally["score"] >= thr]
-        return set(zip(det["category"], det["label"]))
-    return {(cat, lab) for cat in res.categories
-            for lab in res.tally.loc[res.tally[f"{cat}-iou"] >= thr, f"{cat}-label"] if lab != NO_LABEL}
-
-
-def planted_coverage(results: Mapping[str, LayerDissection], iou_threshold: float | None = None,
-                     counting: str = "top_label") -> pd.DataFrame:
-    """Per category: concepts of the data set (labels present), and how many have a detector in any
-    layer under `counting`. For the concept world these are the world's planted concepts."""
-    any_res = next(iter(results.values()))
-    thr = any_res.iou_threshold if iou_threshold is None else iou_threshold
-    found = set().union(*(_detected(res, thr, counting) for res in results.values()))
-    rows = []
-    labels = any_res.labels.assign(truth=any_res.truth)
-    for cat in any_res.categories:
-        present = labels[(labels["category"] == cat) & (labels["truth"] > 0)]
-        hit = sorted(lab for c, lab in found if c == cat)
-        rows.append({"category": cat, "concepts": len(present), "with detector": len(hit),
-                     "detected": ", ".join(hit)})
-    return pd.DataFrame(rows)
-
-
-def safe_name(name: str) -> str:
-    """A layer name as a folder name (characters other than letters, digits and -_. become _)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def save_results(results: Mapping[str, LayerDissection], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``<out_dir>/<layer>/tally.csv`` and ``thresholds.csv`` per layer; return the tally paths."""
-    out_dir = Path(out_dir)
-    paths = {}
-    for layer, res in results.items():
-        folder = out_dir / safe_name(layer)
-        paths[layer] = atomic_write_csv(res.tally, folder / "tally.csv")
-        atomic_write_csv(pd.DataFrame({"unit": np.arange(1, res.units + 1), "threshold": res.thresholds}),
-                         folder / "thresholds.csv")
-    return paths
-
-
-def read_tally(path: str | Path) -> pd.DataFrame:
-    """Load a tally.csv (ours or a published NetDissect / NetDissect-Lite one) as a DataFrame.
-
-    Checks the columns ``unit, category, label, score`` and the per-category groups; empty
-    labels become '-', numbers become numbers; rows are sorted by score as in tally.csv.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "tally file not found", expected="a tally.csv written by NetDissect(-Lite) or dissect")
-    try:
-        df = pd.read_csv(path, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"cannot be read as CSV ({str(exc).splitlines()[0][:200]})") from exc
-    missing = [c for c in TALLY_BASE if c not in df.columns]
-    if missing:
-        raise DataError(path, f"lacks column(s) {', '.join(missing)}",
-                        expected="columns unit,category,label,score,<cat>-label,<cat>-truth,...")
-    for c in df.columns:
-        if c == "score" or c.endswith(("-truth", "-activation", "-intersect", "-iou")):
-            values = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
-            if values.isna().any() and c == "score":
-                row = int(np.flatnonzero(values.isna())[0]) + 2
-                raise DataError(path, f"row {row}: score {df[c].iloc[row - 2]!r} is not a number")
-            df[c] = values.fillna(0.0)
-        elif c in ("category", "label") or c.endswith("-label"):
-            df[c] = df[c].astype(str).replace("", NO_LABEL)
-    df["unit"] = pd.to_numeric(df["unit"], errors="coerce")
-    if df["unit"].isna().any():
-        raise DataError(path, "column 'unit' holds non-integers")
-    df["unit"] = df["unit"].astype(int)
-    return df.sort_values(["score", "unit"], ascending=[False, True], kind="stable").reset_index(drop=True)

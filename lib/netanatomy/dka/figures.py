@@ -23,7 +23,7 @@ from ..data import raw_image
 from ..dissect.figures import write_report
 from ..report import html_page, png_data_uri
 from . import method
-from .run import DENSE, DKA, Concentration, Config, Pair, explained_images, unit_labels
+from .run import DENSE, DKA, Concentration, Config, Pair, explained_images
 
 
 # ============================================================================ plots
@@ -136,7 +136,7 @@ def _overlay(image: np.ndarray, amap: np.ndarray, strength: float) -> np.ndarray
 def _unit_entry(unit: int, share: float, contribution: float, labels: pd.DataFrame | None, overlay: np.ndarray) -> dict:
     lab = labels.loc[unit] if labels is not None and unit in labels.index else None
     return {"unit": unit + 1, "share": share, "contribution": contribution,
-            "label": None if lab is None else str(lab["label"]),
+            "label": None if lab is None else str(lab["concept"]),
             "category": None if lab is None else str(lab["category"]),
             "iou": None if lab is None else float(lab["iou"]), "overlay": png_data_uri(overlay)}
 
@@ -144,8 +144,9 @@ def _unit_entry(unit: int, share: float, contribution: float, labels: pd.DataFra
 def explain(model: nn.Module, layer: str, dataset, indices: Sequence[int], labels: pd.DataFrame | None = None,
             top: int = 5, device: str = "auto", upscale: int = 96) -> list[dict]:
     """The upstream demo: per image, the `top` units by contribution to the true class, each with its
-    share of the explanation (contribution / sum |contributions|, in %), dissection label and IoU,
-    and a class-activation overlay of its map (as a PNG data URI)."""
+    share of the explanation (contribution / sum |contributions|, in %), dissection label and IoU
+    (`labels`: `LayerDissection.unit_labels()` indexed by unit), and a class-activation overlay of
+    its map (as a PNG data URI)."""
     res = method.unit_contributions(model, layer, dataset, device=device, progress=False, indices=indices,
                                     keep_maps=True)
     classes = list(getattr(dataset, "classes", []))
@@ -170,8 +171,8 @@ def explain(model: nn.Module, layer: str, dataset, indices: Sequence[int], label
 def explanations(cfg: Config, pair: Pair, dissections: dict) -> dict[str, list[dict]]:
     """Per-image explanations of the seeded validation images (`run.explained_images`), for both models."""
     idx = explained_images(cfg, pair.data)
-    return {t.label: explain(t.model, cfg.layer, pair.data.val, idx, unit_labels(dissections[t.label]),
-                             top=5, device=cfg.device)
+    return {t.label: explain(t.model, cfg.layer, pair.data.val, idx,
+                             dissections[t.label].unit_labels().set_index("unit"), top=5, device=cfg.device)
             for t in pair.both}
 
 

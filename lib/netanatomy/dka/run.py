@@ -5,7 +5,9 @@
 - Training (`train_pairs`): per seed, the dense baseline and the DKA model from the same
   initialisation and data order, cached. On the concept world the dense arm is a zoo entry
   (`netanatomy.zoo.trained`), so any notebook asking for the same net on the same world by the same
-  recipe shares it; checkpoints (ours or upstream's) load instead of training.
+  recipe shares it; checkpoints (ours or upstream's) load instead of training. The missing runs train
+  side by side, one whole run per process (`prefetch`: dealt out over torchrun's ranks, or launched
+  under torchrun from a notebook kernel on CPU).
 - Per seed (`seed_table`): accuracy, interpretable units (Network Dissection) and explanation
   concentration of both arms; `verdicts` decides the paper's claims by paired intervals over the seeds.
 - The main seed's dissection tables, concentration curves (`concentration_stats`) and the K sweep.
@@ -14,30 +16,30 @@
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import cache, data, models, zoo
+from .. import cache, data, distributed, models, zoo
 from ..config import RunConfig, choice, either, integer, items, number, optional, param, text
-from ..dissect.run import DissectConfig, detectors_per_category, dissect, world_broden
+from ..dissect.run import DissectConfig, dissect, world_broden
+from ..dissect.tables import detectors_per_category
 from ..errors import DataError, ParamError, require
 from ..runtime import pick_device, record_phase, resolve_path, seed_everything, weights_fingerprint
 from ..stats import paired_interval
-from ..subject import Data, load_data
+from ..subject import Data, load_data, scale
 from ..train import TrainConfig, TrainingDiverged, evaluate, fit, recipe_key
 from . import method
 
 #: Names of the dense head (K = D) in a K sweep.
 DENSE_NAMES = ("D", "dense")
 DENSE, DKA = "dense", "DKA"
+#: Real data sets whose networks are dissected on the concept world rendered at their input size (32 px).
+CONCEPT_DISSECTED = ("cifar10", "cifar10_jpeg")
 
 
 # ============================================================================ configuration
@@ -68,7 +70,8 @@ class Config(RunConfig):
     batch_size: int = param(128, integer(1), "batch size")
     accuracy_margin: float = param(0.01, number(0, 1, hi_open=True),
                                    "non-inferiority margin of 'DKA costs no accuracy' (ours), a fraction")
-    workers: int = param(2, integer(1, 64), "processes training the paired runs side by side on CPU (1: none)")
+    workers: int = param(2, integer(1, 64), "processes training the paired runs side by side on CPU, "
+                                            "launched with torchrun (1: none)")
     broden_root: str | None = param(None, optional(text()), "Broden folder (None: the concept world exported)")
     layer: str | None = param(None, optional(text()), "dissected layer (None: the model's last stage)")
     categories: list | None = param(None, None, "Broden categories (None: all); checked by DissectConfig")
@@ -77,14 +80,19 @@ class Config(RunConfig):
     union_rule: str = param("lite", None, "'lite' (NetDissect-Lite) or 'image'; checked by DissectConfig")
     explain_images: int = param(6, integer(0), "validation images on the explanation pages")
     image_size: int | None = param(None, optional(integer(8, 4096)), "input size (None: the data's own)")
+    max_train_images: int | None = param(None, optional(integer(1)), "cap on training images, a seeded draw (None: all)")
+    max_val_images: int | None = param(None, optional(integer(1)), "cap on validation images, a seeded draw (None: all)")
     D: int = dataclasses.field(default=0, init=False, repr=False)
     dissection: DissectConfig | None = dataclasses.field(default=None, init=False, repr=False)
 
     def validate(self) -> None:
         pick_device(self.device)
+        spec = load(self)  # checks dataset, data_root and image_size without reading any image
+        # a network trained on real data sees the dissection images normalised as its training images
         self.dissection = DissectConfig(quantile=self.quantile, iou_threshold=self.iou_threshold,
                                         categories=self.categories, union_rule=self.union_rule,
                                         batch_size=max(self.batch_size, 64), device=self.device,
+                                        normalize="auto" if spec.world is not None else spec.mean_std,
                                         progress=self.progress)
         net = models.build(self.model, 2, width_mult=self.width_mult)
         self.D = models.head(net)[1].in_features
@@ -93,7 +101,6 @@ class Config(RunConfig):
                         for s in self.k_sweep or []]
         self._check_training()
         self._check_files()
-        spec = load(self)  # checks dataset, data_root and image_size without reading any image
         if self.layer is None:
             self.layer = models.layers(self.model, "last")[0]
         method.check_layer(net, self.layer, spec.input_size)
@@ -113,16 +120,17 @@ class Config(RunConfig):
             path = getattr(self, name)
             if path is not None and not resolve_path(path).is_file():
                 raise DataError(path, f"checkpoint given as {name} not found", "a .pth/.pt file saved with torch.save")
-        if self.dataset != "concept_world" and self.data_root is not None and not resolve_path(self.data_root).is_dir():
-            raise DataError(self.data_root, "folder given as data_root not found", data.layout(self.dataset))
+        if self.dataset != "concept_world" and self.data_root is not None and not resolve_path(self.data_root).exists():
+            raise DataError(self.data_root, "file or folder given as data_root not found", data.layout(self.dataset))
         if self.broden_root is not None:
             root = resolve_path(self.broden_root)
             if not root.is_dir() or not (root / "index.csv").is_file():
                 raise DataError(root, "is not a Broden folder (parameter broden_root)",
                                 "a folder holding index.csv, label.csv, category.csv and images/ "
                                 "(e.g. broden1_224), or None for the exported concept world")
-        elif self.dataset != "concept_world":
-            raise ParamError("broden_root", f"is required for dataset {self.dataset!r}: point it at broden1_224")
+        elif self.dataset not in ("concept_world", *CONCEPT_DISSECTED):
+            raise ParamError("broden_root", f"is required for dataset {self.dataset!r}: point it at broden1_224 "
+                                            f"(only {', '.join(CONCEPT_DISSECTED)} are dissected on the concept world)")
 
     @property
     def seed_list(self) -> list[int]:
@@ -150,7 +158,7 @@ def recipe(epochs: int, seed: int = 0, lr: float = 0.1, batch_size: int = 128, s
 def load(cfg: Config) -> Data:
     """The data the notebook trains and explains on: `dataset`, or the scale's DKA concept world."""
     return load_data(cfg.dataset, cfg.data_root, cfg.scale, world="dka", image_size=cfg.image_size,
-                     progress=cfg.progress)
+                     progress=cfg.progress, max_train=cfg.max_train_images, max_val=cfg.max_val_images)
 
 
 # ============================================================================ training (dense vs DKA)
@@ -263,12 +271,6 @@ def _main_arm(cfg: Config, data: Data, k: int | None, weights, seed: int) -> Tra
     return t
 
 
-def _train_job(cfg: Config, k: int | None, seed: int) -> str:
-    """One arm trained into the cache in a worker process, on one CPU thread."""
-    torch.set_num_threads(1)
-    return train_arm(cfg, load(cfg), k, seed).status
-
-
 def arm_path(cfg: Config, data: Data, k: int | None, seed: int) -> Path:
     """The cache file of one arm of `train_arm` (the zoo's for a dense arm on the concept world)."""
     recipe = cfg.recipe(seed)
@@ -277,27 +279,49 @@ def arm_path(cfg: Config, data: Data, k: int | None, seed: int) -> Path:
     return model_entry(cfg.model, k, data, recipe, cfg.width_mult)
 
 
+def params_of(cfg: Config) -> dict:
+    """The notebook's parameters that build `cfg` again (as checked: K, the sweep and the layer resolved)."""
+    return {name: getattr(cfg, name) for name in cfg.names()}
+
+
 def prefetch(cfg: Config, data: Data, jobs: list[tuple[int | None, int]]) -> None:
-    """Train the arms `jobs` = [(k, seed), ...] missing from the cache in `cfg.workers` processes
-    (one CPU thread each), so small CPU runs use every core; the caller then reads them from the
-    cache. Nothing to do on CUDA, with one worker or fewer than two missing arms. A run's numbers
-    depend on its thread count (one here), as on another machine."""
+    """Train the arms `jobs` = [(k, seed), ...] missing from the cache side by side, one process per
+    run, each run whole as a one-process run trains it (no DDP: its result is the same whatever the
+    number of processes); the caller then reads them from the cache.
+
+    Under torchrun with at least as many arms as ranks, arm i (when missing) trains on rank i % world
+    (`distributed.alone`) and every rank waits until all are cached; with fewer, nothing here (each
+    arm then trains with DDP over the ranks). The split is decided from `jobs`, not from the cache,
+    so every rank takes the same decision even when another has already cached an arm.
+
+    In a notebook kernel on CPU with `cfg.workers` >= 2 and at least two missing arms, the DKA step
+    (`python -m netanatomy run dka`) is launched under torchrun in min(workers, missing) processes
+    (`distributed.launch`, one CPU thread each), which also dissects both arms into the cache.
+    Otherwise (CUDA, workers 1) nothing: the arms train in-process. A run's numbers depend on its
+    thread count, as on another machine."""
+    rank, size = distributed.launched()
+    if size > 1:
+        if len(jobs) >= size:
+            with distributed.alone():
+                for k, seed in jobs[rank::size]:
+                    if not arm_path(cfg, data, k, seed).is_file():
+                        train_arm(cfg, data, k, seed)
+            distributed.wait_for(arm_path(cfg, data, *job) for job in jobs)
+        return
     todo = [job for job in jobs if not arm_path(cfg, data, *job).is_file()]
     if cfg.workers < 2 or len(todo) < 2 or pick_device(cfg.device).type == "cuda":
         return
     t0 = time.perf_counter()
-    data.train_aug, data.val  # render the world once, before the workers read it
-    quiet = dataclasses.replace(cfg, progress=False)
-    workers = min(cfg.workers, len(todo))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_train_job, [quiet] * len(todo), *zip(*todo)))
-    record_phase(f"train {len(todo)} paired runs in {workers} processes", time.perf_counter() - t0, "computed")
+    nproc = min(cfg.workers, len(todo))
+    distributed.launch("dka", {**params_of(cfg), "progress": False}, nproc, threads=1)
+    record_phase(f"DKA step ({len(todo)} paired runs) in {nproc} processes (torchrun)", time.perf_counter() - t0,
+                 "computed")
 
 
 def train_pairs(cfg: Config) -> list[Pair]:
     """The dense and DKA arms of every seed of `cfg.seed_list` (the main seed first), trained
-    (side by side in `cfg.workers` processes, `prefetch`) or loaded (`weights`, `dense_weights`: one
-    pair). A divergence of a run stops with one message."""
+    (side by side in `cfg.workers` processes or over torchrun's ranks, `prefetch`) or loaded
+    (`weights`, `dense_weights`: one pair). A divergence of a run stops with one message."""
     data = load(cfg)
     if cfg.weights is None and cfg.dense_weights is None:
         prefetch(cfg, data, [(k, seed) for seed in cfg.seed_list for k in (None, cfg.k)])
@@ -315,10 +339,13 @@ def accuracy_table(pairs: list[Pair]) -> pd.DataFrame:
 
 # ============================================================================ dissection
 def broden_folder(cfg: Config, data: Data) -> Path:
-    """The Broden folder to dissect on: `broden_root`, or the concept world's validation split exported."""
+    """The Broden folder to dissect on: `broden_root`, or the validation split of the training world
+    exported; a network trained on real data (e.g. CIFAR-10) is dissected on the scale's DKA world
+    rendered at the data's input size (32 px for CIFAR-10: colour, texture, material and shape concepts)."""
     if cfg.broden_root is not None:
         return resolve_path(cfg.broden_root)
-    return world_broden(data.world, progress=cfg.progress)
+    world = data.world or dataclasses.replace(scale(cfg.scale).worlds["dka"], image_size=data.input_size)
+    return world_broden(world, progress=cfg.progress)
 
 
 def dissect_model(cfg: Config, model: nn.Module, broden_root: Path, input_size: int):
@@ -364,14 +391,6 @@ def detectors_frame(dissections: dict, iou_threshold: float) -> pd.DataFrame:
     return detectors_per_category(tallies, iou_threshold).rename(columns={"layer": "model"})
 
 
-def unit_labels(dissection) -> pd.DataFrame:
-    """(unit 0-based) -> label, category, iou from a LayerDissection's tally (1-based units)."""
-    tally = dissection.tally
-    df = pd.DataFrame({"unit": tally["unit"].astype(int) - 1, "label": tally["label"].astype(str),
-                       "category": tally["category"].astype(str), "iou": tally["score"].astype(float)})
-    return df.set_index("unit").sort_index()
-
-
 # ============================================================================ explanations, seeds and verdicts
 def explanation_stats(cfg: Config, t: Trained, data: Data) -> dict:
     """The explanations of model `t` on the validation split (cached by its weights): per image the
@@ -415,7 +434,8 @@ CLAIMS = (("val_acc", "DKA costs no accuracy (DKA - dense > -margin)", "margin")
 def verdicts(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Per claim of `CLAIMS`: both arms' means over the seeds, the paired 95 % t-interval of DKA - dense
     (seeds of training are the unit of replication) and the verdict it decides ("held", "did not
-    hold", "inconclusive"); one seed gives no interval and no verdict."""
+    hold", "inconclusive"; fewer than `stats.MIN_VERDICT_N` seeds: "inconclusive"); one seed gives no
+    interval and no verdict."""
     arms = {arm: table[table["model"] == arm].set_index("seed").sort_index() for arm in (DENSE, DKA)}
     rows = []
     for measure, claim, threshold in CLAIMS:

@@ -77,6 +77,8 @@ class Config(RunConfig):
     data_root: str | None = param(None, optional(text()), "folder of the real data set (None for the concept world)")
     image_size: int = param(16, integer(8), "input size (concept world / ImageFolder; CIFAR-10 is 32)")
     num_workers: int = param(0, integer(0), "data-loader workers")
+    max_train_images: int | None = param(None, optional(integer(1)), "cap on training images, a seeded draw (None: all)")
+    max_val_images: int | None = param(None, optional(integer(1)), "cap on validation images, a seeded draw (None: all)")
 
     def validate(self) -> None:
         networks.check_layout(self.model, self.depth)
@@ -113,10 +115,10 @@ class Config(RunConfig):
 
 def load_data(cfg: Config) -> Data:
     """The notebook's data: the scale's 'hetero' concept world at `image_size`, or the real data set
-    (CIFAR-10 at its native 32 px)."""
-    size = None if cfg.dataset == "cifar10" else cfg.image_size
+    (CIFAR-10, pickle or JPEG, at its native 32 px), capped at `max_train_images` / `max_val_images`."""
+    size = None if cfg.dataset in ("cifar10", "cifar10_jpeg") else cfg.image_size
     return load_subject_data(cfg.dataset, cfg.data_root, cfg.scale, world="hetero", image_size=size,
-                             progress=cfg.progress)
+                             progress=cfg.progress, max_train=cfg.max_train_images, max_val=cfg.max_val_images)
 
 
 # ----------------------------------------------------------------------------- torchrun
@@ -165,17 +167,20 @@ def flops_counts(net: nn.Module, arch: Arch, counts: dict[str, int]) -> dict[str
 
 
 def baseline(cfg: Config, data: Data, seed: int) -> dict:
-    """The regular width-1 network trained with the recipe (cached by configuration)."""
+    """The regular width-1 network trained with the recipe (cached by configuration), with its trained
+    weights ("state": the state dict of `networks.build_network(arch)`)."""
     hcfg = cfg.hetero(len(data.classes), data.input_size)
     arch = method.arch_for(hcfg, widened=False)
     recipe = dataclasses.replace(cfg.recipe, seed=seed)
 
     def train(checkpoint) -> dict:
         seed_everything(seed)
-        result = _train_and_measure(networks.build_network(arch), arch, arch.vectors, data, recipe, checkpoint)
-        return {**result, "network": "baseline", "score": "-", "seed": seed}
+        net = networks.build_network(arch)
+        result = _train_and_measure(net, arch, arch.vectors, data, recipe, checkpoint)
+        return {**result, "state": net.state_dict(), "network": "baseline", "score": "-", "seed": seed}
 
-    path = entry("hetero", "baseline", model=hcfg.model, depth=hcfg.depth, num_classes=hcfg.num_classes,
+    # version 2: the result keeps the trained weights ("state"; read by the anatomy notebook)
+    path = entry("hetero", "baseline", version=2, model=hcfg.model, depth=hcfg.depth, num_classes=hcfg.num_classes,
                  input_size=hcfg.input_size, recipe=_recipe_key(recipe), data=data.key(), seed=seed)
     return cached(path, train, label=f"train baseline seed {seed}")
 

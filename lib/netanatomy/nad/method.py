@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
@@ -352,23 +353,36 @@ def search(model: nn.Module, images: ImageSource, layers: Sequence[str], cfg: Se
 
 def _epoch(model: nn.Module, layers: list[str], logits: dict[str, torch.Tensor], streams: list[_ClassStream],
            classes: list[int], names: list[str], cfg: SearchConfig, epoch: int, dev: torch.device) -> list[dict]:
-    """One epoch of the batched search (logits updated in place); one history record per class."""
+    """One epoch of the batched search (logits updated in place); one history record per class. The next
+    step's images are read and augmented in a background thread while this step runs (each class's
+    batches still come from its own generator in order, so the numbers are the same); on CUDA they
+    are pinned and copied without blocking."""
     n_batches = [s.start_epoch() for s in streams]
     sums = {k: torch.zeros(len(classes)) for k in ("loss", "ce", "mse", "reg")}
     steps = torch.zeros(len(classes))
     seen = torch.zeros(len(classes))
-    for k in range(max(n_batches)):
+
+    def fetch(k: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         here = [r for r, n in enumerate(n_batches) if k < n]
         xs = [streams[r].batch(k) for r in here]
-        rows = torch.cat([torch.full((len(b),), r, dtype=torch.long) for r, b in zip(here, xs)]).to(dev)
-        labels = torch.tensor(classes, dtype=torch.long, device=dev)[rows]
-        x = torch.cat(xs).to(dev, non_blocking=True)
-        stats = search_step(model, layers, logits, x, rows, labels, cfg.beta, cfg.lr, cfg.amp)
-        stepped = stats["stepped"].cpu()
-        for key in sums:
-            sums[key] += stats[key].cpu() * stepped.float()
-        steps += stepped.float()
-        seen[here] += 1
+        rows = torch.cat([torch.full((len(b),), r, dtype=torch.long) for r, b in zip(here, xs)])
+        x = torch.cat(xs)
+        return here, rows, x.pin_memory() if dev.type == "cuda" else x
+
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(fetch, 0)
+        for k in range(max(n_batches)):
+            here, rows, x = pending.result()
+            if k + 1 < max(n_batches):
+                pending = reader.submit(fetch, k + 1)
+            rows, x = rows.to(dev, non_blocking=True), x.to(dev, non_blocking=True)
+            labels = torch.tensor(classes, dtype=torch.long, device=dev)[rows]
+            stats = search_step(model, layers, logits, x, rows, labels, cfg.beta, cfg.lr, cfg.amp)
+            stepped = stats["stepped"].cpu()
+            for key in sums:
+                sums[key] += stats[key].cpu() * stepped.float()
+            steps += stepped.float()
+            seen[here] += 1
     records = []
     for r, c in enumerate(classes):
         n = max(float(steps[r]), 1.0)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import distributed
 from ..cache import cached, entry
 from ..config import boolean, choice, integer, items, mapping, number, optional, param, text
 from ..data import DATASETS
@@ -36,6 +38,10 @@ from .method import (UPSTREAM_BETA, UPSTREAM_CAM_MASK_RATE, UPSTREAM_MOSAIC_MASK
 
 #: Betas of the built-in runs on the concept world (ours: upstream has none for these nets).
 BUILTIN_BETA: dict[str, float] = {"small_vgg": 0.1, "small_resnet": 0.1}
+#: Betas of the published CIFAR-10 ResNets (ours, chosen by the beta sweeps of nad_findpath.cifar10_resnet20 /
+#: _resnet56: at 0.5 the paths keep about 45 % of the gated channels and every class keeps some in each
+#: deepest layer; at 1.0 those layers keep 2-5 %).
+CIFAR_BETA: dict[tuple[str, str], float] = {("cifar10_jpeg", "resnet20"): 0.5, ("cifar10_jpeg", "resnet56"): 0.5}
 #: The verdicts of nad_hitrate use the mean hit rate of each model's deepest gated layers (ours).
 DEEP_LAYERS = 2
 CHANCE = 0.25
@@ -43,10 +49,10 @@ LEARNED, RANDOM = "learned", "random (same keep counts)"
 
 
 def beta_for(model: str, dataset: str, beta: float | None) -> float:
-    """`beta` when given, else upstream's for (dataset, model), else the built-in one."""
+    """`beta` when given, else upstream's for (dataset, model), else ours for CIFAR-10, else the built-in one."""
     if beta is not None:
         return beta
-    b = UPSTREAM_BETA.get((dataset, model), BUILTIN_BETA.get(model))
+    b = UPSTREAM_BETA.get((dataset, model), CIFAR_BETA.get((dataset, model), BUILTIN_BETA.get(model)))
     if b is None:
         raise ParamError("beta", f"no default beta for model {model!r} on {dataset!r}; give beta explicitly")
     return b
@@ -57,8 +63,14 @@ def beta_for(model: str, dataset: str, beta: float | None) -> float:
 class Config(SearchConfig):
     """The parameters every NAD notebook shares: the data and the search settings."""
 
-    dataset: str = param("concept_world", choice(*DATASETS), "concept_world (built-in), imagenet or places365")
+    dataset: str = param("concept_world", choice(*DATASETS),
+                         "concept_world (built-in), imagenet, places365 or cifar10_jpeg")
     data_root: str | None = param(None, optional(text()), "real data: folder holding train/ and val/")
+    normalize: str | None = param(None, optional(choice("imagenet", "places365", "cifar10")),
+                                  "input mean/std: None for the data set's own, else that data set's")
+    eval_dataset: str | None = param(None, optional(choice(*DATASETS)),
+                                     "the validation images from another source of the same classes (None: dataset's)")
+    eval_root: str | None = param(None, optional(text()), "where eval_dataset lies")
 
     def searched(self, num_classes: int) -> list[int]:
         """The classes searched on a data set of `num_classes` classes."""
@@ -162,7 +174,8 @@ def subject_for(cfg: OneModelConfig | HitRateConfig, model: str) -> Subject:
     """The classifier `model` of a run with its data (`netanatomy.subject.load_subject`: real data without
     weights is refused), the run's parameters checked against its classes before any search."""
     subject = load_subject(model, cfg.dataset, cfg.data_root, cfg.weights_for(model), cfg.scale, cfg.device,
-                           cfg.progress)
+                           cfg.progress, normalize=cfg.normalize, eval_dataset=cfg.eval_dataset,
+                           eval_root=cfg.eval_root)
     cfg.check_data(len(subject.classes))
     return subject
 
@@ -190,12 +203,39 @@ def find_paths(subject: Subject, cfg: SearchConfig, layers: Sequence[str] | str 
     meta = {"model": subject.name, "dataset": subject.dataset, "cache_key": None if path is None else path.stem}
 
     def compute(checkpoint) -> PathResult:
+        if distributed.world()[1] > 1:
+            return _sharded_search(subject, images, names, cfg, checkpoint, meta)
         return method.search(subject.model, images, names, cfg, subject.input_size, subject.classes,
                              checkpoint=checkpoint, meta=meta)
 
     label = f"NAD search {subject.name} beta {cfg.beta:g} seed {cfg.seed}" + \
         ("" if cfg.classes is None else f" classes {cfg.classes}")
     return cached(path, compute, load=PathResult.from_dict, dump=PathResult.to_dict, label=label)
+
+
+def _sharded_search(subject: Subject, images: Images, names: list[str], cfg: SearchConfig, checkpoint,
+                    meta: dict) -> PathResult:
+    """The search under torchrun: the classes shared out across the ranks (`distributed.strided`), each
+    rank searching its own with its own checkpoint, then gathered on every rank in the searched order.
+    Each class draws from its own generator, so the paths do not depend on the number of ranks (the
+    logits only up to float rounding: a batch holds other classes' images)."""
+    classes = list(range(len(subject.classes))) if cfg.classes is None else list(cfg.classes)
+    mine = distributed.strided(classes)
+    own = distributed.own_checkpoint(checkpoint)
+    part = None if not mine else method.search(
+        subject.model, images, names, cfg.replace(classes=mine, device=str(distributed.device(cfg.device))),
+        subject.input_size, subject.classes, checkpoint=own, meta=meta)
+    parts = [p for p in distributed.gather(part) if p is not None]
+    own.clear()
+    where = {c: (p, p.row(c)) for p in parts for c in p.classes}
+    pick = lambda attr: {n: torch.stack([getattr(where[c][0], attr)[n][where[c][1]] for c in classes])  # noqa: E731
+                         for n in names}
+    order = {c: i for i, c in enumerate(classes)}
+    history = pd.concat([p.history for p in parts], ignore_index=True)
+    history = history.iloc[np.lexsort((history["class"].map(order), history["epoch"]))].reset_index(drop=True)
+    info = dict(parts[0].meta, config=cfg.search_fields(), seconds=max(p.meta["seconds"] for p in parts),
+                ranks=len(parts), epochs_done=max(p.meta["epochs_done"] for p in parts))
+    return PathResult(names, classes, parts[0].class_names, pick("logits"), pick("final_logits"), history, info)
 
 
 def seeded_paths(subject: Subject, cfg: SeedsConfig) -> list[PathResult]:
@@ -380,6 +420,21 @@ def hit_verdicts(long: pd.DataFrame, n_deep: int = DEEP_LAYERS) -> pd.DataFrame:
                                      unit=unit))
             rows.append(interval_row(grp[LEARNED], 0.0, grp[RANDOM], model=model, unit=unit,
                                      claim="learned minus random paths above 0"))
+    return pd.concat([pd.DataFrame(rows), depth_verdicts(long, n_deep)], ignore_index=True)
+
+
+def depth_verdicts(long: pd.DataFrame, n_deep: int = DEEP_LAYERS) -> pd.DataFrame:
+    """The paper's depth claim per model, learned paths: the mean hit rate of the `n_deep` deepest gated layers
+    minus that of the first gated layer, paired, above 0 (units of replication as in `hit_verdicts`)."""
+    learned = long[long["paths"] == LEARNED]
+    rows = []
+    for unit, by in (("mosaics", "mosaic"), ("search seeds", "search_seed")):
+        deep = _deep(learned, [by], n_deep)[LEARNED]
+        first = learned[learned["layer_index"] == 1].groupby(["model", by], sort=True)["hit"].mean()
+        for model, grp in deep.groupby(level="model", sort=False):
+            if len(grp) >= 2:
+                rows.append(interval_row(grp, 0.0, first.loc[grp.index], model=model, unit=unit,
+                                         claim=f"learned: {n_deep} deepest minus first gated layer above 0"))
     return pd.DataFrame(rows)
 
 
@@ -503,6 +558,24 @@ def agreement_table(results: Sequence[PathResult], neighbours: dict, k: int = 3,
                 rows.append({**base, **interval_row(np.asarray(a), 0.0, np.asarray(b), unit=unit,
                                                     claim="learned minus random paths above 0")})
     return pd.DataFrame(rows)
+
+
+def pair_table(results: Sequence[PathResult], probs: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """Every pair of searched classes (a, b): the IoU of their paths (mean over the search seeds), its rank
+    among all pairs (1: the most similar), and the classifier's confusion between them (images of a
+    predicted b plus images of b predicted a, over the images of both); sorted by confusion."""
+    sim = np.mean([method.iou_matrix(r) for r in results], axis=0)
+    res, preds = results[0], probs.argmax(1)
+    rows = []
+    for i, j in itertools.combinations(range(len(res.classes)), 2):
+        a, b = res.classes[i], res.classes[j]
+        mixed = int(((labels == a) & (preds == b)).sum() + ((labels == b) & (preds == a)).sum())
+        rows.append({"pair": f"{res.class_names[a]} / {res.class_names[b]}", "path IoU": float(sim[i, j]),
+                     "confused": mixed, "confusion": mixed / max(1, int(np.isin(labels, [a, b]).sum()))})
+    out = pd.DataFrame(rows)
+    out.insert(2, "IoU rank", out["path IoU"].rank(ascending=False, method="min").astype(int))
+    out["IoU rank"] = out["IoU rank"].astype(str) + f" of {len(out)}"
+    return out.sort_values(["confusion", "path IoU"], ascending=False).set_index("pair")
 
 
 def explorer_table(result: PathResult, neighbours: dict, k: int = 3) -> pd.DataFrame:
