@@ -78,10 +78,12 @@ def assert_same_paths(got: nad.method.PathResult, ref: nad.method.PathResult) ->
     assert got.classes == ref.classes and got.layers == ref.layers and got.meta["ranks"] == 2
     for name in ref.layers:
         assert torch.equal(got.hard()[name], ref.hard()[name]), name
-        torch.testing.assert_close(got.logits[name], ref.logits[name], atol=1e-5, rtol=0)  # batch mix: rounding
+        # a batch mixes other classes, so sums run in another order: rounding, which accumulates over the
+        # epochs (1.1e-5 seen after 12); the guarantee is the binary path above
+        torch.testing.assert_close(got.logits[name], ref.logits[name], atol=1e-4, rtol=0)
     cols = ["epoch", "class", "steps", "skipped"]
     pd.testing.assert_frame_equal(got.history[cols], ref.history[cols])
-    np.testing.assert_allclose(got.history["loss"], ref.history["loss"], atol=1e-5)
+    np.testing.assert_allclose(got.history["loss"], ref.history["loss"], atol=1e-4)
 
 
 @pytest.mark.slow

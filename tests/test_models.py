@@ -48,6 +48,20 @@ def test_load_weights_mismatch_lists_keys(tmp_path):
         models.load_weights(models.build("resnet20", 10), tmp_path / "missing.th")
 
 
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_damaged_weights_file_is_one_line_naming_it(tmp_path, content):
+    """A user's truncated (or empty) weights file: one DataError naming the file, even when torch's own
+    exception has no message (issue 12, item 2)."""
+    full = tmp_path / "full.th"
+    torch.save(models.build("resnet20", 10).state_dict(), full)
+    path = tmp_path / "damaged.th"
+    path.write_bytes(content or full.read_bytes()[:0])
+    with pytest.raises(DataError) as err:
+        models.load_weights(models.build("resnet20", 10), path)
+    text = str(err.value)
+    assert str(path) in text and "cannot be read as a torch checkpoint" in text and "\n" not in text
+
+
 def test_unknown_model_and_layer_errors():
     with pytest.raises(ParamError, match="unknown model 'resnet1000'.*small_vgg"):
         models.build("resnet1000", 10)

@@ -3,11 +3,11 @@
     python -m netanatomy.reproduce                      # the runs listed under `default` in params/runs.yaml
     python -m netanatomy.reproduce --set real           # the runs listed under `real` (make reproduce-real)
     python -m netanatomy.reproduce --only dka           # one (or several) runs: a notebook name ...
-    python -m netanatomy.reproduce --only nad_hitrate.cifar10   # ... or <notebook>.<set>
+    python -m netanatomy.reproduce --only nad_hitrate.cifar10_resnet20   # ... or <notebook>.<set>
     python -m netanatomy.reproduce --set smoke          # params/<nb>.smoke.yaml (the tests' smallest sets)
 
 A run is a notebook with one parameter file; its report folder and executed notebook are named
-after it (`nad_hitrate`, `nad_hitrate.cifar10`). A failing run is reported with its failing cell;
+after it (`nad_hitrate`, `nad_hitrate.cifar10_resnet20`). A failing run is reported with its failing cell;
 the others still run; the exit code is non-zero when any failed.
 """
 
