@@ -170,7 +170,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
         metrics = step.epoch(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False), epoch)
         if per_step is None:
             scheduler.step()
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **metrics}
+        row = {"epoch": epoch + 1, **metrics}  # lr: the rate of the epoch's last step
         due = epoch + 1 == cfg.epochs or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
         if val_ds is not None and rank == 0 and due:
             row.update({f"val_{k}": v for k, v in evaluate(model, val_ds, cfg.batch_size, device,
@@ -209,6 +209,7 @@ class _Step:
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
+        lr = self.optimizer.param_groups[0]["lr"]
         for step, (x, y) in enumerate(batches):
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -223,13 +224,14 @@ class _Step:
                                            f"loss {value:.3g} > max_loss {cfg.max_loss}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
             total_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        return {"train_loss": total_loss.item() / max(seen, 1),
+        return {"lr": lr, "train_loss": total_loss.item() / max(seen, 1),
                 "train_acc": correct.item() / max(seen, 1), "seconds": time.perf_counter() - t0}
 
 
