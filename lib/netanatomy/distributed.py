@@ -41,7 +41,7 @@ import yaml
 
 from .cache import Checkpoint
 from .errors import NetanatomyError
-from .runtime import pick_device
+from .runtime import atomic_write_text, environment, pick_device
 
 T = TypeVar("T")
 #: a line of output that reports an error (``ParamError: ...``, ``RuntimeError: ...``)
@@ -117,16 +117,8 @@ def alone() -> Iterator[None]:
         raise RuntimeError("distributed.alone() needs the process group not yet joined")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    saved = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE")}
-    os.environ.update(RANK="0", WORLD_SIZE="1")
-    try:
+    with environment(RANK="0", WORLD_SIZE="1"):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def wait_for(paths: Iterable[Path], poll_s: float = 1.0) -> None:
@@ -150,10 +142,7 @@ def launch(notebook: str, params: Mapping[str, Any], nproc: int, threads: int | 
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     cause = None  # the first error a rank printed (the launcher's own report follows it)
     with tempfile.TemporaryDirectory(prefix=f"netanatomy-{notebook}-") as folder:
-        path = Path(folder) / "params.yaml"
-        part = path.with_suffix(".part")
-        part.write_text(yaml.safe_dump(dict(params), sort_keys=False))
-        os.replace(part, path)
+        path = atomic_write_text(Path(folder) / "params.yaml", yaml.safe_dump(dict(params), sort_keys=False))
         package_root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))

@@ -18,13 +18,10 @@ import dataclasses
 import functools
 import html
 import json
-import os
 import re
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import nbformat
 import papermill
@@ -35,7 +32,7 @@ from papermill.exceptions import PapermillExecutionError
 from .errors import NetanatomyError, ParamError
 from .params import check_names
 from .report import clear, html_page
-from .runtime import atomic_write_text, repo_root
+from .runtime import atomic_write_text, environment, repo_root
 
 #: Sets listed in params/runs.yaml: "default" (make reproduce) and "real" (make reproduce-real).
 MANIFEST_SETS = ("default", "real")
@@ -107,21 +104,6 @@ def runs_for(set_name: str, only: list[str] | None, notebooks_dir: Path, params_
     return [run_of(e, set_name, params_dir) for e in entries]
 
 
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the kernels started inside, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_one(run: Run, out: Path, notebooks_dir: Path) -> Outcome:
     """Execute one run with papermill into out/<run>.ipynb (reports in out/<run>/) and export its HTML."""
     source = notebooks_dir / f"{run.notebook}.ipynb"
@@ -140,7 +122,7 @@ def run_one(run: Run, out: Path, notebooks_dir: Path) -> Outcome:
         elif run.params_file.name != f"{run.notebook}.yaml":
             raise NetanatomyError(f"{run.params_file}: parameter file not found")
         check_names(source, parameters)
-        with _environment(NETANATOMY_REPORTS=str(out), NETANATOMY_RUN=run.name):
+        with environment(NETANATOMY_REPORTS=str(out), NETANATOMY_RUN=run.name):
             papermill.execute_notebook(str(source), str(executed), parameters=parameters, cwd=str(notebooks_dir),
                                        progress_bar=False, kernel_name="python3")
         outcome = done(parameters, "ok", time.perf_counter() - t0)

@@ -10,6 +10,8 @@ import random
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,22 @@ def record_phase(name: str, seconds: float, how: str) -> None:
 def profile() -> list[dict]:
     """The phases recorded since `start_profile`."""
     return list(_PROFILE["phases"])
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the block (and the processes and kernels it starts), then restore
+    them (unset again those that were unset)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def share_mode(path: str | Path, folder: bool = False) -> None:
