@@ -149,10 +149,15 @@ class Data:
         elif self.eval_dataset is None:
             name = _LABELS.get(self.dataset, self.dataset)
         else:
-            name = f"{_label_of(self.dataset, self.root, 'train')}, {_label_of(self.eval_dataset, self.eval_root, 'test')}"
+            name = ", ".join(self.source_labels())
         if self.max_train is None and self.max_val is None:
             return name
         return f"{name}, at most {self.max_train or 'all'} training / {self.max_val or 'all'} evaluation images"
+
+    def source_labels(self) -> tuple[str, str]:
+        """How tables name the training and the evaluation images when they come from two sources
+        (`eval_dataset`), e.g. ('CIFAR-10 (JPEG) train', 'CIFAR-10 test[0:1000]')."""
+        return _label_of(self.dataset, self.root, "train"), _label_of(self.eval_dataset, self.eval_root, "test")
 
     @cached_property
     def source(self):

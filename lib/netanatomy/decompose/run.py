@@ -168,10 +168,9 @@ def _first_per_class(ds, count: int | None, param_name: str) -> np.ndarray:
 
 def _split_labels(d: Data) -> tuple[str, str]:
     """How tables name the training and the evaluation images, e.g. 'CIFAR-10 (JPEG) train' and
-    'CIFAR-10 test[0:1000]' (`Data.label` joins the two with ', ' when they come from two sources)."""
+    'CIFAR-10 test[0:1000]'."""
     if d.eval_dataset is not None:
-        train, evaluation = d.label.split(", ")
-        return train, evaluation
+        return d.source_labels()
     name = "concept world" if d.world is not None else d.label
     return f"{name} train", f"{name} {'test' if d.dataset in CIFAR10 else 'val'}"
 
