@@ -124,6 +124,20 @@ def test_mask_folder_refuses_an_ambiguous_or_empty_folder(tmp_path):
         to_broden(tmp_path / "empty", tmp_path / "out2", progress=False)
 
 
+@pytest.mark.parametrize("layout", ["concepts", "labels"])
+def test_mask_folder_names_a_damaged_image_or_mask(tmp_path, layout):
+    src = write_mask_folder(tmp_path / "src", layout)
+    image = sorted((src / "images").iterdir())[1]
+    mask = sorted((src / ("masks" if layout == "concepts" else "labels")).rglob("*.png"))[0]
+    for victim in (image, mask):
+        good = victim.read_bytes()
+        victim.write_bytes(good[:len(good) // 2])
+        with pytest.raises(DataError) as err:
+            to_broden(src, tmp_path / f"out-{victim.stem}-{victim.parent.name}", progress=False)
+        assert str(victim) in str(err.value) and "not a readable image" in str(err.value)
+        victim.write_bytes(good)
+
+
 def test_config_refuses_sets_of_other_notebooks_or_of_two_models(tmp_path):
     with pytest.raises(ParamError, match="nad_findpath or nad_subarch"):
         run.Config.from_params({"nad_params": "params/nad_hitrate.yaml"})

@@ -141,9 +141,9 @@ def transforms_for(dataset: str, train: bool, image_size: int | None = None, nor
 
 # ----------------------------------------------------------------------------- ImageFolder
 
-def rgb_loader(path: str) -> Image.Image:
-    """Open an image file as RGB, whatever its mode (CMYK, RGBA, LA, L, P, 1, I;16, F); an unreadable
-    or truncated file stops with a DataError naming it."""
+def open_image(path: str | Path) -> Image.Image:
+    """An image file, read whole in its own mode; an unreadable or truncated file stops with a
+    DataError naming it."""
     try:
         with open(path, "rb") as fh:
             img = Image.open(fh)
@@ -151,6 +151,13 @@ def rgb_loader(path: str) -> Image.Image:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(path, f"is not a readable image ({type(exc).__name__}: {exc})",
                         expected="a complete JPEG/PNG image file") from None
+    return img
+
+
+def rgb_loader(path: str) -> Image.Image:
+    """Open an image file as RGB, whatever its mode (CMYK, RGBA, LA, L, P, 1, I;16, F); an unreadable
+    or truncated file stops with a DataError naming it."""
+    img = open_image(path)
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:

@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from .broden import write_broden
+from .data import open_image, rgb_loader
 from .errors import DataError
 from .runtime import resolve_path
 
@@ -38,11 +39,11 @@ def _images(src: Path) -> list[Path]:
 
 
 def _read(path: Path, size: tuple[int, int] | None, mode: str, resample) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if size is not None and im.size != size:
-            im = im.resize(size, resample)
-        return np.asarray(im)
+    """An image (`data.rgb_loader`) or a mask in `mode`, resized to `size`; a damaged file is named."""
+    im = rgb_loader(path) if mode == "RGB" else open_image(path).convert(mode)
+    if size is not None and im.size != size:
+        im = im.resize(size, resample)
+    return np.asarray(im)
 
 
 def _concept_maps(src: Path, stems: list[str], size: tuple[int, int]) -> tuple[dict, dict]:
@@ -101,8 +102,7 @@ def to_broden(src: str | Path, dst: str | Path, image_size: int | None = None, p
     for stem in stems if label_images else ():
         if not (src / "labels" / f"{stem}.png").is_file():
             raise DataError(src / "labels" / f"{stem}.png", "label image missing", expected="one per image")
-    with Image.open(files[0]) as first:
-        size = (image_size, image_size) if image_size is not None else first.size
+    size = (image_size, image_size) if image_size is not None else open_image(files[0]).size
     images = [_read(p, size, "RGB", Image.BILINEAR) for p in files]
     odd = next((p for p, im in zip(files, images) if im.shape[:2] != (size[1], size[0])), None)
     if odd is not None:
